@@ -1,0 +1,137 @@
+"""The database: one SQLAlchemy `AsyncEngine` on asyncpg, sessions per unit of work, driver errors typed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from svc.errors import DatabaseError, DatabaseUnavailable
+from svc.settings import Settings
+
+__all__ = ["Database", "PoolStats", "connect_kwargs", "is_unavailable"]
+
+_SETTING_NAME = "app."
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of the pool's own counters."""
+
+    size: int
+    checked_in: int
+    checked_out: int
+    overflow: int
+    max_overflow: int
+
+    @property
+    def usage(self) -> float:
+        """Checked-out connections as a fraction of everything the pool may open."""
+        return self.checked_out / max(1, self.size + self.max_overflow)
+
+
+def connect_kwargs(url: URL, settings: Settings) -> dict[str, Any]:
+    """`asyncpg.connect()` arguments for `url`, for connections made outside the pool."""
+    kwargs: dict[str, Any] = url.translate_connect_args(username="user", database="database")
+    for key in ("host", "ssl"):
+        if key in url.query:
+            kwargs[key] = url.query[key]
+    kwargs["statement_cache_size"] = settings.db_statement_cache_size
+    kwargs["command_timeout"] = settings.db_command_timeout
+    return kwargs
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means the database cannot be reached or did not answer in time."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if exc.orig is not None:
+            # asyncpg's own exception is the cause of SQLAlchemy's DBAPI adapter error.
+            exc = exc.orig.__cause__ or exc.orig
+    return isinstance(
+        exc,
+        (
+            sa_exc.TimeoutError,  # pool checkout
+            TimeoutError,
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.InterfaceError,
+            asyncpg.QueryCanceledError,
+            asyncpg.TooManyConnectionsError,
+        ),
+    )
+
+
+class Database:
+    """Owns the engine for one application instance; created and disposed by the lifespan."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = make_url(url)
+        self.settings = settings
+        connect_args: dict[str, Any] = {
+            "timeout": settings.db_connect_timeout,
+            "command_timeout": settings.db_command_timeout,
+            "statement_cache_size": settings.db_statement_cache_size,
+            "server_settings": {"application_name": settings.db_application_name},
+        }
+        engine_url = self.url
+        if settings.db_statement_cache_size == 0:
+            # PgBouncer in transaction mode: no named statement may outlive its transaction.
+            engine_url = engine_url.update_query_dict({"prepared_statement_cache_size": "0"})
+            connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4().hex}__"
+        self.engine: AsyncEngine = create_async_engine(
+            engine_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+            pool_recycle=settings.db_pool_recycle,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args=connect_args,
+        )
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def pool_stats(self) -> PoolStats:
+        pool: Any = self.engine.pool
+        return PoolStats(
+            size=pool.size(),
+            checked_in=pool.checkedin(),
+            checked_out=pool.checkedout(),
+            overflow=max(0, pool.overflow()),
+            max_overflow=self.settings.db_max_overflow,
+        )
+
+    @asynccontextmanager
+    async def session(self, **config: str) -> AsyncIterator[AsyncSession]:
+        """A session in one transaction: committed on success, rolled back on error.
+
+        Each keyword becomes a transaction-local setting `app.<name>` (for row-level security
+        policies reading `current_setting('app.<name>')`). Driver errors leave as
+        `DatabaseUnavailable` (503) or `DatabaseError` (500), never with the driver's text.
+        """
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                for name, value in config.items():
+                    if not name.isidentifier():
+                        raise ValueError(f"Invalid setting name: {name!r}")
+                    await session.execute(
+                        text("SELECT set_config(:name, :value, true)"), {"name": _SETTING_NAME + name, "value": value}
+                    )
+                yield session
+        except (sa_exc.SQLAlchemyError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if is_unavailable(exc):
+                raise DatabaseUnavailable() from exc
+            raise DatabaseError() from exc
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,133 @@
+"""The database health probe: bounded, single-flight, cached, one round trip on its own connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+__all__ = ["DatabaseProbe", "ProbeResult"]
+
+Connect = Callable[[float], Awaitable[Any]]
+
+
+def utc_now() -> str:
+    """The current time as RFC 3339 UTC with millisecond precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The outcome of one database check."""
+
+    status: str  # pass | warn | fail
+    time: str
+    measured_at: float  # time.monotonic() when measured
+    latency_ms: float | None = None
+    server_version: str | None = None
+    output: str | None = None
+
+
+def describe_failure(exc: BaseException, timeout: float) -> str:
+    """Plain words for an operator; never the URL, user, password or host."""
+    if isinstance(exc, TimeoutError):
+        return f"PostgreSQL did not answer within {timeout:g} s."
+    if isinstance(exc, ConnectionRefusedError):
+        return "PostgreSQL refused the connection."
+    if isinstance(exc, (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+        return "PostgreSQL rejected the service's credentials."
+    if isinstance(exc, asyncpg.CannotConnectNowError):
+        return "PostgreSQL is starting up or shutting down."
+    if isinstance(exc, asyncpg.TooManyConnectionsError):
+        return "PostgreSQL has no free connection slots."
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"PostgreSQL reported an error (SQLSTATE {exc.sqlstate})."
+    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
+        return "The connection to PostgreSQL failed."
+    return f"The database check failed unexpectedly ({type(exc).__name__})."
+
+
+class DatabaseProbe:
+    """Checks the database with `SELECT 1` on a connection of its own, outside the pool.
+
+    A dedicated connection measures the database rather than the pool (an exhausted pool must
+    not make the probe wait), and costs exactly one round trip per check. Concurrent callers
+    share one in-flight check, and a result is reused for `ttl` seconds.
+    """
+
+    def __init__(self, connect: Connect, *, timeout: float, warn_ms: float, ttl: float) -> None:
+        self._connect = connect
+        self.timeout = timeout
+        self.warn_ms = warn_ms
+        self.ttl = ttl
+        self._conn: Any = None
+        self._inflight: asyncio.Future[ProbeResult] | None = None
+        self.last: ProbeResult | None = None
+
+    async def check(self) -> ProbeResult:
+        last = self.last
+        if last is not None and time.monotonic() - last.measured_at < self.ttl:
+            return last
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._measure())
+            self._inflight.add_done_callback(self._finished)
+        # Shielded: a caller that goes away must not cancel the check others are waiting for.
+        return await asyncio.shield(self._inflight)
+
+    def _finished(self, future: asyncio.Future[ProbeResult]) -> None:
+        self._inflight = None
+        if not future.cancelled():
+            self.last = future.result()
+
+    async def _measure(self) -> ProbeResult:
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                version = await self._select_one(deadline=start + self.timeout)
+        except BaseException as exc:  # noqa: BLE001 - every failure is a `fail` result
+            await self._drop()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return ProbeResult("fail", utc_now(), time.monotonic(), output=describe_failure(exc, self.timeout))
+        latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        status = "warn" if latency_ms > self.warn_ms else "pass"
+        output = f"Response time {latency_ms:g} ms exceeds {self.warn_ms:g} ms." if status == "warn" else None
+        return ProbeResult(status, utc_now(), time.monotonic(), latency_ms, version, output)
+
+    async def _select_one(self, deadline: float) -> str:
+        reused = self._conn is not None and not self._conn.is_closed()
+        if not reused:
+            self._conn = await self._connect(max(0.001, deadline - time.perf_counter()))
+        try:
+            await self._conn.execute("SELECT 1")
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError):
+            if not reused:
+                raise
+            # The server restarted since the last check: one fresh connection within the same deadline.
+            await self._drop()
+            self._conn = await self._connect(max(0.001, deadline - time.perf_counter()))
+            await self._conn.execute("SELECT 1")
+        version: str = self._conn.get_settings().server_version
+        return version.split(" ", 1)[0]
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        """Close the probe's connection (at shutdown)."""
+        if self._inflight is not None:
+            self._inflight.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                async with asyncio.timeout(1):
+                    await conn.close()
+            except (TimeoutError, OSError, asyncpg.InterfaceError):
+                conn.terminate()

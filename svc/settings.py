@@ -1,0 +1,248 @@
+"""Configuration: one frozen `Settings`, read from the environment once and validated as a whole."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import marshmallow as ma
+from environs import Env, EnvValidationError
+
+__all__ = ["ConfigError", "Environment", "Settings", "load_settings"]
+
+# Used in development/test only, where a random key would differ between workers.
+DEVELOPMENT_SECRET_KEY = "svc-development-key-not-for-production-use-0000"
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "changethis", "change-me", "change_me", "secret", "password", "default", "test", "dev", "development"}
+)
+DATABASE_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
+MASK = "********"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+    @property
+    def is_deployed(self) -> bool:
+        """Staging and production: secrets are mandatory and nothing is started implicitly."""
+        return self in (Environment.STAGING, Environment.PRODUCTION)
+
+
+class ConfigError(Exception):
+    """Raised with every invalid variable at once; the text never contains a value."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        self.errors = dict(sorted(errors.items()))
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"svc: invalid configuration ({len(self.errors)} variable(s)):"]
+        lines += [f"  - {name}: {' '.join(messages)}" for name, messages in self.errors.items()]
+        return "\n".join(lines)
+
+
+def _secret(**kw: Any) -> Any:
+    return field(repr=False, metadata={"secret": True}, **kw)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The service's whole configuration. Build it with `load_settings()`; defaults live here."""
+
+    app_env: Environment = Environment.DEVELOPMENT
+    app_version: str = "0.0.0"
+    # None means "start the embedded PostgreSQL" (development/test only).
+    database_url: str | None = _secret(default=None)
+    secret_key: str = _secret(default=DEVELOPMENT_SECRET_KEY)
+    log_level: str = "INFO"
+    log_format: str = "console"
+    access_log: bool = True
+    max_body_bytes: int = 1_048_576
+    embedded_pg_dir: Path = Path(".data/postgres")
+
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
+    db_pool_timeout: float = 5.0
+    db_pool_recycle: int = 1800
+    db_connect_timeout: float = 5.0
+    db_command_timeout: float = 30.0
+    db_statement_cache_size: int = 100
+    db_application_name: str = "svc"
+
+    health_db_timeout: float = 0.8
+    health_db_warn_ms: float = 100.0
+    health_db_cache_ttl: float = 1.0
+    health_show_details: str = "always"
+    health_token: str | None = _secret(default=None)
+
+    @property
+    def is_development(self) -> bool:
+        return self.app_env is Environment.DEVELOPMENT
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration by variable name, with secrets masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "database_url" and value is not None:
+                value = mask_url(value)
+            elif f.metadata.get("secret") and value is not None:
+                value = MASK
+            elif isinstance(value, (Path, Environment)):
+                value = str(value)
+            out[f.name.upper()] = value
+        return out
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by a mask."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{MASK}@{netloc}"))
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept postgres://, postgresql:// and postgresql+asyncpg:// and return the asyncpg form.
+
+    Raises ValueError with a message that never contains the URL itself.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError:
+        raise ValueError("Not a valid URL.") from None
+    if parts.scheme not in DATABASE_SCHEMES:
+        raise ValueError("Scheme must be postgres://, postgresql:// or postgresql+asyncpg://.")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not (parts.hostname or any(k == "host" for k, _ in query)):
+        raise ValueError("A host is required.")
+    # libpq spells TLS as sslmode; asyncpg reads ssl.
+    query = [("ssl" if k == "sslmode" else k, v) for k, v in query]
+    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", query=urlencode(query)))
+
+
+def _package_version() -> str:
+    try:
+        return version("svc")
+    except PackageNotFoundError:
+        return Settings().app_version
+
+
+def _check_secret_key(value: str) -> list[str]:
+    problems = []
+    if len(value) < 32:
+        problems.append("Must be at least 32 characters.")
+    if value.strip().lower() in PLACEHOLDER_SECRETS or re.fullmatch(r"(change|replace)[-_ ]?(me|this).*", value, re.I):
+        problems.append("Must not be a placeholder value.")
+    if len(set(value)) <= 1:
+        problems.append("Must not be a single repeated character.")
+    return problems
+
+
+def _log_level(value: str) -> None:
+    if value.upper() not in LOG_LEVELS:
+        raise ma.ValidationError(f"Must be one of: {', '.join(LOG_LEVELS)}.")
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    """Read the environment (and `env_file` in the working directory, if present) into `Settings`.
+
+    Real environment variables win over the file. Raises `ConfigError` naming every bad
+    variable at once.
+    """
+    env = Env(eager=False)
+    if env_file is not None:
+        env.read_env(env_file, recurse=False)
+    d = Settings()
+    app_env = env.enum("APP_ENV", default=d.app_env, enum=Environment, by_value=True)
+    deployed = isinstance(app_env, Environment) and app_env.is_deployed
+    values: dict[str, Any] = {
+        "app_env": app_env,
+        "app_version": env.str("APP_VERSION", default=_package_version(), validate=ma.validate.Length(1, 64)),
+        "database_url": env.str("DATABASE_URL", default=None),
+        "secret_key": env.str("SECRET_KEY", default=None),
+        "log_level": env.str("LOG_LEVEL", default=d.log_level, validate=_log_level),
+        "log_format": env.str(
+            "LOG_FORMAT",
+            default="json" if deployed or app_env is Environment.TEST else "console",
+            validate=ma.validate.OneOf(["json", "console"]),
+        ),
+        "access_log": env.bool("ACCESS_LOG", default=d.access_log),
+        "max_body_bytes": env.int("MAX_BODY_BYTES", default=d.max_body_bytes, validate=ma.validate.Range(1, 1 << 30)),
+        "embedded_pg_dir": env.path("EMBEDDED_PG_DIR", default=d.embedded_pg_dir),
+        "db_pool_size": env.int("DB_POOL_SIZE", default=d.db_pool_size, validate=ma.validate.Range(1, 1_000)),
+        "db_max_overflow": env.int("DB_MAX_OVERFLOW", default=d.db_max_overflow, validate=ma.validate.Range(0, 1_000)),
+        "db_pool_timeout": env.float("DB_POOL_TIMEOUT", default=d.db_pool_timeout, validate=ma.validate.Range(0.01, 300)),
+        "db_pool_recycle": env.int("DB_POOL_RECYCLE", default=d.db_pool_recycle, validate=ma.validate.Range(1, 86_400)),
+        "db_connect_timeout": env.float(
+            "DB_CONNECT_TIMEOUT", default=d.db_connect_timeout, validate=ma.validate.Range(0.01, 300)
+        ),
+        "db_command_timeout": env.float(
+            "DB_COMMAND_TIMEOUT", default=d.db_command_timeout, validate=ma.validate.Range(0.01, 86_400)
+        ),
+        "db_statement_cache_size": env.int(
+            "DB_STATEMENT_CACHE_SIZE", default=d.db_statement_cache_size, validate=ma.validate.Range(0, 100_000)
+        ),
+        "db_application_name": env.str(
+            "DB_APPLICATION_NAME", default=d.db_application_name, validate=ma.validate.Length(1, 63)
+        ),
+        "health_db_timeout": env.float(
+            "HEALTH_DB_TIMEOUT", default=d.health_db_timeout, validate=ma.validate.Range(0.01, 30)
+        ),
+        "health_db_warn_ms": env.float(
+            "HEALTH_DB_WARN_MS", default=d.health_db_warn_ms, validate=ma.validate.Range(0.1, 60_000)
+        ),
+        "health_db_cache_ttl": env.float(
+            "HEALTH_DB_CACHE_TTL", default=d.health_db_cache_ttl, validate=ma.validate.Range(0, 3_600)
+        ),
+        "health_show_details": env.str(
+            "HEALTH_SHOW_DETAILS",
+            default="when_authorized" if deployed else "always",
+            validate=ma.validate.OneOf(["always", "when_authorized", "never"]),
+        ),
+        "health_token": env.str("HEALTH_TOKEN", default=None),
+    }
+    try:
+        env.seal()
+        errors: dict[str, list[str]] = {}
+    except EnvValidationError as exc:
+        errors = {name: list(messages) for name, messages in exc.error_messages.items()}  # type: ignore[union-attr]
+
+    if values["log_level"]:
+        values["log_level"] = values["log_level"].upper()
+    if values["database_url"]:
+        try:
+            values["database_url"] = normalise_database_url(values["database_url"])
+        except ValueError as exc:
+            errors.setdefault("DATABASE_URL", []).append(str(exc))
+    else:
+        values["database_url"] = None
+        if deployed:
+            errors.setdefault("DATABASE_URL", []).append(f"Required when APP_ENV is {app_env}.")
+
+    if values["secret_key"] is None:
+        if deployed:
+            errors.setdefault("SECRET_KEY", []).append(f"Required when APP_ENV is {app_env}.")
+        values["secret_key"] = DEVELOPMENT_SECRET_KEY
+    elif deployed and (problems := _check_secret_key(values["secret_key"])):
+        errors.setdefault("SECRET_KEY", []).extend(problems)
+
+    token = values["health_token"]
+    if token is not None and len(token) < 16:
+        errors.setdefault("HEALTH_TOKEN", []).append("Must be at least 16 characters.")
+
+    if errors:
+        raise ConfigError(errors)
+    return Settings(**values)
