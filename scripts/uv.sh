@@ -12,4 +12,5 @@ else
     fi
     UV=.data/uv/bin/uv
 fi
-"$UV" sync --locked --quiet
+# PYTHONDONTWRITEBYTECODE is common in containers: compile once here, or every start pays for it.
+"$UV" sync --locked --quiet --compile-bytecode

@@ -19,11 +19,17 @@ from svc.db import Database, connect_kwargs
 from svc.errors import ServiceError, handle_error
 from svc.health import DatabaseHealth, Health, Liveness, Readiness
 from svc.logging import configure_logging
-from svc.middleware import AccessLogMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware, UnhandledErrorMiddleware
+from svc.middleware import (
+    AccessLogMiddleware,
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+    UnhandledErrorMiddleware,
+)
 from svc.probe import DatabaseProbe
 from svc.settings import DEVELOPMENT_SECRET_KEY, ConfigError, Settings, load_settings
 
-__all__ = ["app", "create_app"]
+__all__ = ["create_app", "lifespan"]
 
 logger = logging.getLogger("svc")
 HEALTH_METHODS = ["GET", "HEAD"]
@@ -86,6 +92,7 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     if settings.access_log:
         middleware.append(Middleware(AccessLogMiddleware))
     middleware.append(Middleware(UnhandledErrorMiddleware))
+    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
     app = Starlette(
         routes=[
             Route("/health", Health(), methods=HEALTH_METHODS),
@@ -97,7 +104,6 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
         middleware=middleware,
         exception_handlers={HTTPException: handle_error, ServiceError: handle_error},
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.started_monotonic = time.monotonic()
@@ -105,13 +111,18 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     return app
 
 
-def _app_from_environment() -> Starlette:
+def __getattr__(name: str) -> Starlette:
+    """Build `app` from the environment on first access (`uvicorn svc.app:app`), not at import.
+
+    Importing `create_app` therefore reads no configuration, and invalid configuration gives
+    one readable message and exit status 1 instead of a traceback.
+    """
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
-        return create_app()
+        app = create_app()
     except ConfigError as exc:
-        # One readable message and a non-zero exit, not a traceback: uvicorn imports this module.
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
-
-
-app = _app_from_environment()
+    globals()["app"] = app
+    return app

@@ -16,6 +16,7 @@ from svc.context import request_id
 
 __all__ = [
     "BadRequest",
+    "ContentTooLarge",
     "DatabaseError",
     "DatabaseUnavailable",
     "Problem",
@@ -65,6 +66,10 @@ class Unauthorized(ServiceError):
     status, title, detail = 401, "Unauthorized", "Valid credentials are required."
 
 
+class ContentTooLarge(ServiceError):
+    status, title, detail = 413, "Content Too Large", "The request body is larger than the server accepts."
+
+
 class ServiceUnavailable(ServiceError):
     status, title, detail = 503, "Service Unavailable", "The service cannot handle the request right now."
 
@@ -78,6 +83,8 @@ class DatabaseError(ServiceError):
 
 
 def _standard_title(status: int) -> str:
+    if status in _RFC9110_TITLES:
+        return _RFC9110_TITLES[status]
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:
@@ -131,6 +138,13 @@ async def send_problem(scope: Scope, send: Send, status: int, detail: str) -> No
     await send({"type": "http.response.body", "body": body})
 
 
+# Reason phrases renamed by RFC 9110 that older Pythons' http.HTTPStatus still spell the old way.
+_RFC9110_TITLES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
 _DEFAULT_DETAILS = {
     404: "No resource exists at this path.",
     405: "The method is not allowed for this resource.",

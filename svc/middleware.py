@@ -10,9 +10,15 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from svc.context import request_id
-from svc.errors import send_problem
+from svc.errors import ContentTooLarge, send_problem
 
-__all__ = ["AccessLogMiddleware", "RequestIdMiddleware", "SecurityHeadersMiddleware", "UnhandledErrorMiddleware"]
+__all__ = [
+    "AccessLogMiddleware",
+    "BodyLimitMiddleware",
+    "RequestIdMiddleware",
+    "SecurityHeadersMiddleware",
+    "UnhandledErrorMiddleware",
+]
 
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
@@ -116,6 +122,38 @@ class AccessLogMiddleware:
                     "bytes": size,
                 },
             )
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `max_bytes` with a 413 problem, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit():
+                    return await send_problem(scope, send, 400, "The Content-Length header is not a number.")
+                if int(value) > self.max_bytes:
+                    return await send_problem(scope, send, 413, ContentTooLarge.detail)
+                break
+        received = 0
+        limit = self.max_bytes
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise ContentTooLarge()
+            return message
+
+        await self.app(scope, receive_limited, send)
 
 
 class UnhandledErrorMiddleware:
