@@ -26,6 +26,7 @@ from svc.middleware import (
     SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
 )
+from svc.migrations import SchemaCheck
 from svc.probe import DatabaseProbe
 from svc.settings import DEVELOPMENT_SECRET_KEY, ConfigError, Settings, load_settings
 
@@ -37,9 +38,10 @@ HEALTH_METHODS = ["GET", "HEAD"]
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    """Start the database (embedded if no URL), create the engine and probe; undo it all on shutdown.
+    """Start the database (embedded if no URL), create the engine, probe and schema check; undo it all on shutdown.
 
-    The database need not be reachable: the service starts, and readiness reports it.
+    The database need not be reachable: the service starts, and readiness reports it. The schema
+    check (the database's revision against the migration scripts' head) runs in the background.
     """
     state = app.state
     settings: Settings = state.settings
@@ -67,7 +69,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             ttl=settings.health_db_cache_ttl,
         )
         stack.push_async_callback(probe.close)
-        state.db, state.probe = db, probe
+        schema = SchemaCheck(connect, timeout=settings.health_db_timeout, ttl=settings.health_db_cache_ttl)
+        stack.push_async_callback(schema.close)
+        state.db, state.probe, state.schema = db, probe, schema
+        schema.start()
         state.phase = "serving"
         logger.info("svc %s started (%s)", settings.app_version, settings.app_env)
         try:

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from svc.db import PoolStats
 from svc.errors import PROBLEM_TYPE, encode_problem
+from svc.migrations import SchemaStatus
 from svc.probe import ProbeResult, utc_now
 
 __all__ = ["DatabaseHealth", "Health", "Liveness", "Readiness"]
@@ -130,11 +131,25 @@ class Liveness:
         await respond(scope, send, 200, self.BODY)
 
 
-def database_checks(result: ProbeResult, pool: PoolStats, *, details: bool) -> dict[str, list[Check]]:
+def migrations_check(schema: SchemaStatus, *, details: bool) -> Check:
+    check = Check("datastore", schema.status, schema.time)
+    if details:
+        check.observedValue = schema.observed()
+        if schema.output is not None:
+            check.output = schema.output
+    return check
+
+
+def database_checks(
+    result: ProbeResult, pool: PoolStats, *, details: bool, schema: SchemaStatus | None = None
+) -> dict[str, list[Check]]:
     pool_status = "warn" if pool.usage > POOL_WARN_USAGE else "pass"
     latency = Check("datastore", result.status, result.time)
     if not details:
-        return {"postgresql:responseTime": [latency]}
+        checks = {"postgresql:responseTime": [latency]}
+        if schema is not None:
+            checks["postgresql:migrations"] = [migrations_check(schema, details=False)]
+        return checks
     if result.latency_ms is not None:
         latency.observedValue, latency.observedUnit = result.latency_ms, "ms"
     if result.output is not None:
@@ -158,11 +173,22 @@ def database_checks(result: ProbeResult, pool: PoolStats, *, details: bool) -> d
         checks["postgresql:version"] = [
             Check("datastore", result.status, result.time, observedValue=result.server_version)
         ]
+    if schema is not None:
+        checks["postgresql:migrations"] = [migrations_check(schema, details=True)]
     return checks
 
 
+async def schema_status(state: Any, result: ProbeResult) -> SchemaStatus | None:
+    """The schema check: from memory once at head, or while the database check fails; else (re-)read."""
+    last: SchemaStatus | None = state.schema.last
+    if (last is not None and last.status == "pass") or result.status == "fail":
+        return last
+    status: SchemaStatus = await state.schema.check()
+    return status
+
+
 class Health(Endpoint):
-    """`/health`: service identity, uptime, and the last database result (from cache, no query)."""
+    """`/health`: service identity, uptime, and the last database and schema results (from cache, no query)."""
 
     async def respond(self, scope: Scope, send: Send, state: Any, *, details: bool) -> None:
         settings = state.settings
@@ -171,8 +197,10 @@ class Health(Endpoint):
         status = "pass"
         probe = getattr(state, "probe", None)
         if probe is not None and probe.last is not None:
-            checks.update(database_checks(probe.last, state.db.pool_stats(), details=details))
-            status = "pass" if probe.last.status == "pass" else "warn"
+            schema: SchemaStatus | None = state.schema.last
+            checks.update(database_checks(probe.last, state.db.pool_stats(), details=details, schema=schema))
+            ok = probe.last.status == "pass" and (schema is None or schema.status == "pass")
+            status = "pass" if ok else "warn"
         body = HealthBody(
             status=status,
             version=settings.app_version.split(".")[0],
@@ -186,21 +214,26 @@ class Health(Endpoint):
 
 
 class DatabaseHealth(Endpoint):
-    """`/health/db`: a bounded, single-flight, cached database check. 503 on `fail`."""
+    """`/health/db`: a bounded, single-flight, cached database check. 503 on `fail`.
+
+    `postgresql:migrations` is `warn` while the schema is not at the scripts' head.
+    """
 
     async def respond(self, scope: Scope, send: Send, state: Any, *, details: bool) -> None:
         result = await state.probe.check()
+        schema = await schema_status(state, result)
         pool = state.db.pool_stats()
-        checks = database_checks(result, pool, details=details)
+        checks = database_checks(result, pool, details=details, schema=schema)
         status = worst(*(entry.status for entries in checks.values() for entry in entries))
         body = HealthBody(status=status, serviceId=SERVICE_ID, checks=checks)
-        if details and result.output is not None:
-            body.output = result.output
+        output = result.output if result.output is not None else schema.output if schema is not None else None
+        if details and output is not None:
+            body.output = output
         await respond(scope, send, 503 if status == "fail" else 200, _encoder.encode(body))
 
 
 class Readiness(Endpoint):
-    """`/health/ready`: 200 only while started, not draining, and the database answers."""
+    """`/health/ready`: 200 only while started, not draining, the database answers, and its schema is at head."""
 
     async def respond(self, scope: Scope, send: Send, state: Any, *, details: bool) -> None:
         phase = state.phase
@@ -210,6 +243,8 @@ class Readiness(Endpoint):
         else:
             result = await state.probe.check()
             output = result.output if result.status == "fail" else None
+            if output is None and (schema := await schema_status(state, result)) is not None:
+                output = schema.output
         if output is None:
             await respond(scope, send, 200, _READY)
             return

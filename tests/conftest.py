@@ -140,3 +140,75 @@ def uvicorn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Uvicorn
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(database_url: str) -> str:
+    """The test database, upgraded to the migration scripts' head once per session."""
+    from svc.migrations import upgrade
+
+    upgrade(Settings(app_env=Environment.TEST, database_url=database_url))
+    return database_url
+
+
+@pytest.fixture(autouse=True)
+def _test_database_at_head(request: pytest.FixtureRequest) -> None:
+    """Tests on the shared test database find its schema at head, as readiness requires (tests/test_migrations.py
+    migrates databases of its own)."""
+    if "database_url" in request.fixturenames:
+        request.getfixturevalue("migrated_database_url")
+
+
+# --- Database helpers (issue 3: the database layer and its health) ---------------------------------------------------
+
+
+def asyncpg_dsn(url: str) -> str:
+    """`url` (the service's postgresql+asyncpg:// form) as `asyncpg.connect()` takes it."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def with_database(url: str, database: str, **changes: Any) -> str:
+    """`url` pointing at another database (and user, password, host... given as `changes`)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=database, **changes).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[Any]:
+    """A plain asyncpg connection to the test database as its (super)user: set-up and server-side checks."""
+    import asyncpg
+
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def scratch_database(pg: Any, database_url: str) -> AsyncIterator[str]:
+    """A new empty database on the test server, as an asyncpg URL; dropped afterwards."""
+    import uuid
+
+    name = f"svc_test_{uuid.uuid4().hex[:12]}"
+    await pg.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(database_url, name)
+    finally:
+        await pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def refused_port() -> int:
+    """A loopback port nothing listens on: connections are refused."""
+    return free_port()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that completes the TCP handshake and then never answers (nothing reads it)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(512)
+        yield int(listener.getsockname()[1])

@@ -1,0 +1,73 @@
+"""Alembic's environment for svc: the service's settings choose the database, migrations run on asyncpg.
+
+- `alembic ...` on the command line: settings come from the environment (and `.env`), with the
+  same normalisation as the app; without DATABASE_URL in development/test, the embedded
+  PostgreSQL the app uses is started (or attached to) and let go afterwards.
+- From code: `svc.migrations.upgrade_async()` passes its connection in
+  `config.attributes["connection"]` and it is used as is (alembic's connection-sharing recipe).
+  Commands called synchronously inside a running event loop run on a loop of their own in a
+  worker thread, since `asyncio.run()` cannot nest.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from svc import migrations
+from svc.models import Base
+from svc.settings import ConfigError, Settings, load_settings
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def service_settings() -> Settings:
+    settings: Settings | None = config.attributes.get("settings")
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            raise SystemExit(str(exc)) from None
+    if config.attributes.get("configure_logging", True):
+        migrations.configure_cli_logging(settings)
+    return settings
+
+
+def run_migrations_offline() -> None:
+    """`--sql`: emit the SQL for PostgreSQL without connecting."""
+    context.configure(
+        dialect_name="postgresql",
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def do_run_migrations(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata)
+    with context.begin_transaction():
+        migrations.lock(connection)
+        context.run_migrations()
+
+
+async def run_async_migrations(settings: Settings) -> None:
+    async with migrations.connect(settings) as connection:
+        await connection.run_sync(do_run_migrations)
+
+
+def run_migrations_online() -> None:
+    connection: Connection | None = config.attributes.get("connection")
+    if connection is not None:
+        do_run_migrations(connection)
+        return
+    settings = service_settings()
+    migrations.run_blocking(lambda: run_async_migrations(settings))
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

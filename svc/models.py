@@ -1,0 +1,24 @@
+"""The ORM's declarative base. Its metadata is what `alembic check` and autogenerate compare the database with.
+
+No business tables yet: declare models on `Base`, then `alembic revision --autogenerate`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData
+from sqlalchemy.orm import DeclarativeBase
+
+__all__ = ["NAMING_CONVENTION", "Base"]
+
+# Deterministic constraint names, so migrations can drop and alter what they created.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
