@@ -33,6 +33,18 @@ class ProbeResult:
     output: str | None = None
 
 
+# What a connection that the server has closed raises. asyncpg reports a FATAL message (such as an
+# administrator's shutdown or pg_terminate_backend) that arrives just before a query as an
+# InternalClientError ("cannot switch to state ...; another operation is in progress").
+_BROKEN_CONNECTION = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+)
+
+
 def describe_failure(exc: BaseException, timeout: float) -> str:
     """Plain words for an operator; never the URL, user, password or host."""
     if isinstance(exc, TimeoutError):
@@ -47,7 +59,7 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
         return "PostgreSQL has no free connection slots."
     if isinstance(exc, asyncpg.PostgresError):
         return f"PostgreSQL reported an error (SQLSTATE {exc.sqlstate})."
-    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
+    if isinstance(exc, _BROKEN_CONNECTION):
         return "The connection to PostgreSQL failed."
     return f"The database check failed unexpectedly ({type(exc).__name__})."
 
@@ -91,7 +103,7 @@ class DatabaseProbe:
                 version = await self._select_one(deadline=start + self.timeout)
         except BaseException as exc:
             await self._drop()
-            if isinstance(exc, asyncio.CancelledError):
+            if not isinstance(exc, Exception):  # cancelled (shutdown), SystemExit, KeyboardInterrupt
                 raise
             return ProbeResult("fail", utc_now(), time.monotonic(), output=describe_failure(exc, self.timeout))
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
@@ -105,10 +117,11 @@ class DatabaseProbe:
             self._conn = await self._connect(max(0.001, deadline - time.perf_counter()))
         try:
             await self._conn.execute("SELECT 1")
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError):
+        except _BROKEN_CONNECTION:
             if not reused:
                 raise
-            # The server restarted since the last check: one fresh connection within the same deadline.
+            # The server restarted (or ended this backend) since the last check: one fresh connection
+            # within the same deadline.
             await self._drop()
             self._conn = await self._connect(max(0.001, deadline - time.perf_counter()))
             await self._conn.execute("SELECT 1")
@@ -121,13 +134,16 @@ class DatabaseProbe:
             conn.terminate()
 
     async def close(self) -> None:
-        """Close the probe's connection (at shutdown)."""
-        if self._inflight is not None:
-            self._inflight.cancel()
+        """Stop a check in progress and close the probe's connection (at shutdown)."""
+        inflight = self._inflight
+        if inflight is not None:
+            inflight.cancel()
+            # Let it unwind (it terminates its connection attempt) while the loop still runs.
+            await asyncio.wait({inflight}, timeout=1)
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:
                 async with asyncio.timeout(1):
                     await conn.close()
-            except (TimeoutError, OSError, asyncpg.InterfaceError):
+            except (TimeoutError, asyncpg.PostgresError, *_BROKEN_CONNECTION):
                 conn.terminate()

