@@ -220,6 +220,10 @@ class DatabaseHealth(Endpoint):
     """
 
     async def respond(self, scope: Scope, send: Send, state: Any, *, details: bool) -> None:
+        if state.phase == "starting":
+            body = HealthBody(status="fail", output="Starting up.") if details else HealthBody(status="fail")
+            await respond(scope, send, 503, _encoder.encode(body))
+            return
         result = await state.probe.check()
         schema = await schema_status(state, result)
         pool = state.db.pool_stats()

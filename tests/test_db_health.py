@@ -301,3 +301,14 @@ async def test_health_time_is_when_the_database_was_measured(make_settings: Call
         # Served from the cache: the same measurement, with the time it was made.
         second = (await client.get("/health/db")).json()["checks"]["postgresql:responseTime"][0]
         assert second == first
+
+
+async def test_db_health_is_503_starting_up_before_the_lifespan_has_run(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/health/db")
+    assert response.status_code == 503
+    assert response.json() == {"status": "fail", "output": "Starting up."}
