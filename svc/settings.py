@@ -91,6 +91,13 @@ class Settings:
     health_show_details: str = "always"
     health_token: str | None = _secret(default=None)
 
+    # Host header values accepted (Starlette's TrustedHost patterns, e.g. "*.example.com"); "*" accepts any.
+    allowed_hosts: tuple[str, ...] = ("*",)
+    metrics_enabled: bool = True
+    # Where prometheus-client's multiprocess files live; None: a directory the service manages.
+    metrics_dir: Path | None = None
+    db_slow_query_ms: float = 200.0
+
     @property
     def is_development(self) -> bool:
         return self.app_env is Environment.DEVELOPMENT
@@ -156,6 +163,12 @@ def _log_level(value: str) -> None:
         raise ma.ValidationError(f"Must be one of: {', '.join(LOG_LEVELS)}.")
 
 
+def _host_patterns(value: list[str]) -> None:
+    for pattern in value:
+        if not pattern or ("*" in pattern and pattern != "*" and not pattern.startswith("*.")) or "*" in pattern[1:]:
+            raise ma.ValidationError('Each entry must be a host name, "*.domain" or "*".')
+
+
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
     """Read the environment (and `env_file` in the working directory, if present) into `Settings`.
 
@@ -215,6 +228,12 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
             validate=ma.validate.OneOf(["always", "when_authorized", "never"]),
         ),
         "health_token": env.str("HEALTH_TOKEN", default=None),
+        "allowed_hosts": tuple(env.list("ALLOWED_HOSTS", default=list(d.allowed_hosts), validate=_host_patterns) or ()),
+        "metrics_enabled": env.bool("METRICS_ENABLED", default=d.metrics_enabled),
+        "metrics_dir": env.path("METRICS_DIR", default=None),
+        "db_slow_query_ms": env.float(
+            "DB_SLOW_QUERY_MS", default=d.db_slow_query_ms, validate=ma.validate.Range(0, 3_600_000)
+        ),
     }
     try:
         env.seal()
