@@ -6,13 +6,13 @@ changes is encoded once and the rest is a single msgspec encode.
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Any
 
 import msgspec
 from starlette.types import Receive, Scope, Send
 
+from svc.auth import Access, details_access
 from svc.db import PoolStats
 from svc.errors import PROBLEM_TYPE, encode_problem
 from svc.migrations import SchemaStatus
@@ -72,21 +72,13 @@ async def respond(scope: Scope, send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
-def authorization(scope: Scope) -> bytes | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            return bytes(value)
-    return None
-
-
 class Endpoint:
     """Base of the health endpoints: reads settings and runtime objects from `app.state`."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
-        if not self.show_details(state, scope):
-            await self.respond(scope, send, state, details=False)
-        elif (auth := authorization(scope)) is not None and not self.token_matches(state, auth):
+        access = details_access(state.settings, scope)
+        if access is Access.DENIED:
             body = encode_problem(
                 401, "Unauthorized", "The bearer token is not valid for this endpoint.", scope["path"]
             )
@@ -104,19 +96,7 @@ class Endpoint:
             )
             await send({"type": "http.response.body", "body": body})
         else:
-            await self.respond(scope, send, state, details=True)
-
-    @staticmethod
-    def show_details(state: Any, scope: Scope) -> bool:
-        mode = state.settings.health_show_details
-        return mode == "always" or (mode == "when_authorized" and authorization(scope) is not None)
-
-    @staticmethod
-    def token_matches(state: Any, auth: bytes) -> bool:
-        if state.settings.health_show_details == "always":
-            return True
-        token = state.settings.health_token
-        return token is not None and hmac.compare_digest(auth, b"Bearer " + token.encode())
+            await self.respond(scope, send, state, details=access is Access.SHOWN)
 
     async def respond(self, scope: Scope, send: Send, state: Any, *, details: bool) -> None:
         raise NotImplementedError

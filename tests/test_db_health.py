@@ -169,6 +169,7 @@ DETAILS_CASES = {
     "authorized-anonymous": DetailsCase("when_authorized", TOKEN, None, 200, False),
     "authorized-right-token": DetailsCase("when_authorized", TOKEN, f"Bearer {TOKEN}", 200, True),
     "authorized-wrong-token": DetailsCase("when_authorized", TOKEN, "Bearer not-the-token", 401, False),
+    "authorized-scheme-any-case": DetailsCase("when_authorized", TOKEN, f"bEARER {TOKEN}", 200, True),
     "authorized-other-scheme": DetailsCase("when_authorized", TOKEN, f"Basic {TOKEN}", 401, False),
     "authorized-token-prefix": DetailsCase("when_authorized", TOKEN, f"Bearer {TOKEN}x", 401, False),
     "authorized-no-token-configured": DetailsCase("when_authorized", None, f"Bearer {TOKEN}", 401, False),

@@ -1,0 +1,46 @@
+"""Who may see details: `HEALTH_SHOW_DETAILS` and the bearer `HEALTH_TOKEN`, shared by health and metrics."""
+
+from __future__ import annotations
+
+import hmac
+from enum import Enum
+
+from starlette.types import Scope
+
+from svc.settings import Settings
+
+__all__ = ["Access", "authorization", "bearer_matches", "details_access"]
+
+
+class Access(Enum):
+    """What a request may see of the details guarded by `HEALTH_SHOW_DETAILS`."""
+
+    HIDDEN = "hidden"  # answer without details
+    SHOWN = "shown"  # answer with details
+    DENIED = "denied"  # credentials were sent and are wrong: 401
+
+
+def authorization(scope: Scope) -> bytes | None:
+    """The raw `Authorization` header of the request, if any."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bytes(value)
+    return None
+
+
+def bearer_matches(header: bytes, token: str | None) -> bool:
+    """True when `header` is `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1), in constant time."""
+    scheme, _, credentials = header.partition(b" ")
+    if token is None or scheme.lower() != b"bearer":
+        return False
+    return hmac.compare_digest(credentials.strip(b" "), token.encode())
+
+
+def details_access(settings: Settings, scope: Scope) -> Access:
+    """`always` shows details to everyone; `when_authorized` to requests with the right bearer token; `never` to no one."""
+    mode = settings.health_show_details
+    if mode == "always":
+        return Access.SHOWN
+    if mode == "never" or (header := authorization(scope)) is None:
+        return Access.HIDDEN
+    return Access.SHOWN if bearer_matches(header, settings.health_token) else Access.DENIED
