@@ -6,6 +6,8 @@ import argparse
 import inspect
 import logging
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 from svc.settings import ConfigError, load_settings
 
@@ -57,12 +59,91 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    """Serve `svc.app:app` with uvicorn, configured for production.
+
+    The configuration is validated first (exit 1 naming every bad variable, before anything
+    listens). uvicorn's access log is off (the service writes its own structured one), so is its
+    `server` header; the lifespan is required, so a failed start-up stops the process. Exits 0
+    after a graceful shutdown (SIGTERM, Ctrl-C), 1 when the server could not start.
+    """
+    try:
+        load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    import uvicorn
+
+    try:
+        uvicorn.run(
+            "svc.app:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            reload=args.reload,
+            access_log=False,
+            server_header=False,
+            lifespan="on",
+            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        )
+    except SystemExit as exc:
+        # uvicorn exits 3 when it cannot start (port in use, failed lifespan), after logging why.
+        if exc.code not in (0, None):
+            print("svc: the server could not start (the reason is logged above)", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
+class _CommandListFormatter(argparse.HelpFormatter):
+    """Lists each command with its summary on one line.
+
+    argparse measures command names one indent short of where it prints them, so the longest
+    name would get a line of its own.
+    """
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            longest = max(map(len, action.choices))
+            self._action_max_length = max(self._action_max_length, self._current_indent + 4 + longest)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error exits 1, like every other failure of a command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m svc", description="svc operational commands.")
+    """Run the command in `argv` (default: the process's arguments); return its exit status."""
+    parser = _Parser(
+        prog="python -m svc",
+        description="svc operational commands.",
+        formatter_class=_CommandListFormatter,
+        epilog="Every command exits 0 on success and 1 on failure, with the reason on stderr. "
+        "`python -m svc COMMAND --help` describes a command.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = commands.add_parser(
         "check-config",
-        help="validate the configuration and print it with secrets masked",
+        help="validate and print the configuration, secrets masked",
         description=check_config.__doc__,
     )
     check.set_defaults(run=check_config)
@@ -78,6 +159,29 @@ def main(argv: list[str] | None = None) -> int:
         help="do nothing unless APP_ENV is development (scripts/run uses it: deployed services never migrate on start)",
     )
     upgrade.set_defaults(run=migrate)
+    server = commands.add_parser(
+        "serve",
+        help="serve the app with uvicorn, configured for production",
+        description=inspect.cleandoc(serve.__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    server.add_argument(
+        "--port", type=_int_between(0, 65_535), default=8000, help="port to listen on (default: %(default)s)"
+    )
+    server.add_argument(
+        "--workers", type=_int_between(1, 1_024), default=1, help="worker processes (default: %(default)s)"
+    )
+    server.add_argument(
+        "--timeout-graceful-shutdown",
+        type=_int_between(0, 3_600),
+        default=25,
+        metavar="SECONDS",
+        help="longest wait for in-flight requests at shutdown; keep it below Kubernetes' "
+        "terminationGracePeriodSeconds (default: %(default)s)",
+    )
+    server.add_argument("--reload", action="store_true", help="restart on code changes (development only)")
+    server.set_defaults(run=serve)
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code

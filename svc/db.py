@@ -1,4 +1,10 @@
-"""The database: one SQLAlchemy `AsyncEngine` on asyncpg, sessions per unit of work, driver errors typed."""
+"""The database: one SQLAlchemy `AsyncEngine` on asyncpg, sessions per unit of work, driver errors typed.
+
+Importing this module imports SQLAlchemy's core (not its ORM, ~8 MB and ~80 ms more): the engine
+is built on the core, and `sqlalchemy.ext.asyncio` (which imports the ORM) is imported when the
+application first uses `engine` or `session()`. A service that only answers health checks never
+pays for it.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,18 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from sqlalchemy import create_engine, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.engine import URL, Engine, make_url
 
 from svc.errors import DatabaseError, DatabaseUnavailable
 from svc.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 __all__ = ["Database", "PoolStats", "connect_kwargs", "is_unavailable"]
 
@@ -89,7 +97,8 @@ class Database:
             # PgBouncer in transaction mode: no named statement may outlive its transaction.
             engine_url = engine_url.update_query_dict({"prepared_statement_cache_size": "0"})
             connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4().hex}__"
-        self.engine: AsyncEngine = create_async_engine(
+        # What create_async_engine() builds and wraps (asyncpg has one dialect, async): the wrapper comes later.
+        self.sync_engine: Engine = create_engine(
             engine_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
@@ -99,10 +108,28 @@ class Database:
             hide_parameters=True,
             connect_args=connect_args,
         )
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._engine: AsyncEngine | None = None
+        self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The `AsyncEngine` (made on first use: it imports SQLAlchemy's asyncio extension and ORM)."""
+        if self._engine is None:
+            from sqlalchemy.ext.asyncio import AsyncEngine
+
+            self._engine = AsyncEngine(self.sync_engine)
+        return self._engine
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        if self._sessionmaker is None:
+            from sqlalchemy.ext.asyncio import async_sessionmaker
+
+            self._sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        return self._sessionmaker
 
     def pool_stats(self) -> PoolStats:
-        pool: Any = self.engine.pool
+        pool: Any = self.sync_engine.pool
         return PoolStats(
             size=pool.size(),
             checked_in=pool.checkedin(),
@@ -134,4 +161,7 @@ class Database:
             raise DatabaseError() from exc
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()
+        else:  # never used: no connection was made, and none can be made without the async wrapper
+            self.sync_engine.dispose()

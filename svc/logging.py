@@ -1,7 +1,17 @@
-"""Logging set-up: JSON lines or console lines, one handler for svc, uvicorn and SQLAlchemy."""
+"""Logging set-up: JSON lines or console lines, one handler for svc, uvicorn and SQLAlchemy.
+
+The access log (one line per request) is the only logging on the hot path: `AccessLog` writes its
+lines itself, in the handler's format and to the handler's stream, batched once per event-loop
+iteration, instead of making a `LogRecord` per request (which costs more than answering a health
+check). It does so only while the line would go there and nowhere else; any other logging set-up
+(an extra handler, a filter, pytest's capture) gets ordinary records.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
 import sys
 from datetime import UTC, datetime
@@ -9,9 +19,10 @@ from typing import Any, TextIO
 
 import msgspec
 
+from svc.clock import utc_now
 from svc.context import request_id
 
-__all__ = ["ConsoleFormatter", "JsonFormatter", "configure_logging"]
+__all__ = ["AccessLog", "ConsoleFormatter", "JsonFormatter", "configure_logging", "flush_access_log"]
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id", "taskName"}
@@ -67,12 +78,149 @@ class ConsoleFormatter(logging.Formatter):
 class _SvcHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler `configure_logging` installs (a distinct type so it can find it again)."""
 
+    json = True
+
+
+#: The handler `configure_logging` installed last: where access lines are written directly.
+_handler: _SvcHandler | None = None
+
+
+class AccessEntry(msgspec.Struct):
+    """An access line in the JSON format: `JsonFormatter`'s fields, in its order, then the request's."""
+
+    timestamp: str
+    level: str
+    logger: str
+    message: str
+    request_id: str | None
+    method: str
+    path: str
+    route: str
+    status: int
+    duration_ms: float
+    bytes: int
+
+
+class _Lines:
+    """Access lines waiting for the end of the current event-loop iteration, then written in one call."""
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+        self.handler: _SvcHandler | None = None
+
+    def add(self, handler: _SvcHandler, line: str) -> None:
+        if self.handler is not handler:
+            self.flush()
+            self.handler = handler
+        pending = self.pending
+        pending.append(line)
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop: write now
+                self.flush()
+
+    def flush(self) -> None:
+        handler, lines = self.handler, self.pending
+        if not lines or handler is None:
+            return
+        self.pending = []
+        text = "".join(lines)
+        with handler.lock or contextlib.nullcontext():
+            try:
+                handler.stream.write(text)
+                handler.flush()
+            except (OSError, ValueError):  # a closed or broken stream: as logging does, do not fail the caller
+                pass
+
+
+_lines = _Lines()
+atexit.register(_lines.flush)
+
+
+def flush_access_log() -> None:
+    """Write the access lines still waiting (they are written at the end of each event-loop iteration)."""
+    _lines.flush()
+
+
+class AccessLog:
+    """Writes access lines for `logger`: straight to svc's handler when that is where they would go anyway.
+
+    The direct path applies while `logger` and its ancestors up to the root have no handlers and
+    no filters of their own, propagate, and the root's only handler is the one `configure_logging`
+    installed. The line is then what the handler would have written for the record
+    `logger.info(...)` makes on the other path, with the same fields (`extra=`).
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self._chain = []
+        node: logging.Logger | None = logger
+        while node is not None and node is not logging.root:
+            self._chain.append(node)
+            node = node.parent
+        self._level_name = logging.getLevelName(logging.INFO)
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def _direct_handler(self) -> _SvcHandler | None:
+        handler = _handler
+        root_handlers = logging.root.handlers
+        if handler is None or len(root_handlers) != 1 or root_handlers[0] is not handler or logging.root.filters:
+            return None
+        for node in self._chain:
+            if node.handlers or node.filters or not node.propagate or node.disabled:
+                return None
+        return handler
+
+    def write(self, method: str, path: str, *, route: str, status: int, duration_ms: float, size: int) -> None:
+        """Log one request (call it from the request's context: the line carries its request id)."""
+        message = f"{method} {path} {status} {duration_ms:.3f}ms"
+        handler = self._direct_handler()
+        if handler is None:
+            extra = {
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration_ms": duration_ms,
+                "bytes": size,
+            }
+            self.logger.info("%s", message, extra=extra)
+            return
+        rid = request_id.get()
+        if handler.json:
+            entry = AccessEntry(
+                utc_now(),
+                self._level_name,
+                self.logger.name,
+                message,
+                rid,
+                method,
+                path,
+                route,
+                status,
+                duration_ms,
+                size,
+            )
+            line = _encoder.encode(entry).decode()
+        else:
+            line = f"{utc_now()} {self._level_name:<8} {self.logger.name}: {message}"
+            if rid:
+                line += f" [request_id={rid}]"
+        _lines.add(handler, line + handler.terminator)
+
 
 def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> logging.Handler:
     """Route every logger through one stderr handler in `fmt` ("json" or "console")."""
+    global _handler
+    _lines.flush()
     handler = _SvcHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.json = fmt == "json"
     handler.addFilter(RequestIdFilter())
+    _handler = handler
     root = logging.getLogger()
     # Replace only our own handler, so building a second app (tests, reload) leaves others alone.
     for old in root.handlers[:]:

@@ -1,23 +1,36 @@
-"""Pure ASGI middleware, one concern per class."""
+"""Pure ASGI middleware, one concern per class, each doing no work a request does not need.
+
+Every layer costs each request a call and, when it watches the response, a wrapped `send`: the
+headers every response carries are added by one wrapper, and the health endpoints are reached
+without Starlette's exception middleware and router (`DirectRoutesMiddleware`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
 
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from svc.context import request_id
+from svc.context import request_id, route_template
 from svc.errors import ContentTooLarge, send_problem
+from svc.logging import AccessLog
 
 __all__ = [
+    "HSTS_HEADER",
+    "SECURITY_HEADERS",
     "AccessLogMiddleware",
     "BodyLimitMiddleware",
+    "DirectRoutesMiddleware",
     "RequestIdMiddleware",
-    "SecurityHeadersMiddleware",
     "UnhandledErrorMiddleware",
+    "new_request_id",
+    "security_headers",
 ]
 
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -32,65 +45,75 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 HSTS_HEADER = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 
 
-class RequestIdMiddleware:
-    """Honour a well-formed inbound `X-Request-ID` or make one; echo it and expose it to logs."""
+def security_headers(*, hsts: bool) -> list[tuple[bytes, bytes]]:
+    """The headers every JSON API response should carry (HSTS when `hsts`: deployed behind TLS)."""
+    return [*SECURITY_HEADERS, HSTS_HEADER] if hsts else list(SECURITY_HEADERS)
 
-    def __init__(self, app: ASGIApp) -> None:
+
+# Request ids: 128 random bits as 32 hex digits. One getrandom() call yields 256 of them (a system call
+# per request costs more than the rest of the id); a deque hands them out, safely across threads.
+_ID_BATCH = 256
+_ids: deque[str] = deque()
+os.register_at_fork(after_in_child=_ids.clear)  # a forked worker must never reuse its parent's ids
+
+
+def new_request_id() -> str:
+    """A new request id: 32 lowercase hex digits from the operating system's random source."""
+    try:
+        return _ids.popleft()
+    except IndexError:
+        block = os.urandom(16 * _ID_BATCH).hex()
+        _ids.extend([block[i : i + 32] for i in range(32, len(block), 32)])
+        return block[:32]
+
+
+class RequestIdMiddleware:
+    """Honour a well-formed inbound `X-Request-ID` or make one; expose it to logs; echo it on the response.
+
+    The same `send` wrapper adds `headers` (the security headers, from `create_app`) to every
+    response: one wrapper instead of one per header-adding concern.
+    """
+
+    def __init__(self, app: ASGIApp, *, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self.app = app
+        self.headers = list(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid: bytes | None = None
+        rid: str | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                rid = value if _VALID_REQUEST_ID.fullmatch(value) else None
+                if _VALID_REQUEST_ID.fullmatch(value):
+                    rid = value.decode()
                 break
         if rid is None:
-            rid = uuid.uuid4().hex.encode()
-        header = (b"x-request-id", rid)
-        token = request_id.set(rid.decode())
+            rid = new_request_id()
+        header = (b"x-request-id", rid.encode())
+        fixed = self.headers
+        token = request_id.set(rid)
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), header, *fixed]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_headers)
         finally:
             request_id.reset(token)
 
 
-class SecurityHeadersMiddleware:
-    """Add the headers every JSON API response should carry (HSTS when `hsts` is set)."""
-
-    def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
-        self.app = app
-        self.headers = [*SECURITY_HEADERS, HSTS_HEADER] if hsts else SECURITY_HEADERS
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        extra = self.headers
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 class AccessLogMiddleware:
-    """One structured log line per request, written after the response is sent."""
+    """One access line per request, after the response: request id, method, path, route template, status,
+    duration and bytes sent (see `svc.logging.AccessLog`: no `LogRecord` on the usual path)."""
 
     def __init__(self, app: ASGIApp, logger: logging.Logger | None = None) -> None:
         self.app = app
-        self.logger = logger or logging.getLogger("svc.access")
+        self.log = AccessLog(logger or logging.getLogger("svc.access"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
+        if scope["type"] != "http" or not self.log.enabled():
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500
@@ -108,19 +131,13 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_and_measure)
         finally:
             duration_ms = round((time.perf_counter() - start) * 1000, 3)
-            self.logger.info(
-                "%s %s %d %.3fms",
+            self.log.write(
                 scope["method"],
                 scope["path"],
-                status,
-                duration_ms,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": duration_ms,
-                    "bytes": size,
-                },
+                route=route_template(scope),
+                status=status,
+                duration_ms=duration_ms,
+                size=size,
             )
 
 
@@ -187,3 +204,34 @@ class UnhandledErrorMiddleware:
                 # Headers are out; the server closes the connection. Nothing else to say.
                 return
             await send_problem(scope, send, 500, "The server encountered an unexpected error.")
+
+
+class DirectRoutesMiddleware:
+    """Hand requests for `routes` (plain ASGI endpoints without path parameters) straight to their endpoint.
+
+    Innermost: the request has passed every other middleware. It skips what Starlette does for
+    every request it routes (the exception middleware builds a `Request` and wraps `send`; the
+    router tries each route's regex in turn), which costs more than the health endpoints
+    themselves. The outcome is the router's: `routes` must come first in the application's routes,
+    a method they do not allow, a `root_path`, or any other path goes on to the router, and
+    `scope["route"]` is set as the router sets it. The endpoints must answer their own errors
+    (one that raises gets `UnhandledErrorMiddleware`'s 500, not an exception handler's answer).
+    """
+
+    def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.direct: dict[str, tuple[Route, ASGIApp, frozenset[str]]] = {}
+        for route in routes:
+            if not isinstance(route, Route) or route.param_convertors or route.app is not route.endpoint:
+                raise ValueError(f"Not a plain ASGI route without path parameters: {route!r}")
+            methods = frozenset(route.methods or ())
+            self.direct.setdefault(route.path, (route, route.app, methods))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (target := self.direct.get(scope["path"])) is None or scope.get("root_path"):
+            return await self.app(scope, receive, send)
+        route, endpoint, methods = target
+        if methods and scope["method"] not in methods:
+            return await self.app(scope, receive, send)  # the router answers 405
+        scope["route"], scope["endpoint"], scope["path_params"] = route, endpoint, {}
+        await endpoint(scope, receive, send)

@@ -1,16 +1,19 @@
 """Alembic as the service uses it: its configuration, upgrades from code, and the schema check behind readiness.
 
 The configuration is found from the package's location (`alembic.ini` and `migrations/` next to
-`svc/`), so nothing depends on the working directory. Importing this module does not import
-alembic (`svc.app` imports it): the functions that need alembic import it when called.
+`svc/`), so nothing depends on the working directory. Importing this module imports neither
+alembic nor SQLAlchemy (the service's readiness uses `SchemaCheck`, which needs neither): the
+functions that need them import them when called.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import concurrent.futures
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -20,9 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
-from sqlalchemy import NullPool, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from svc.probe import Connect, describe_failure, utc_now
 from svc.settings import Settings, normalise_database_url
@@ -30,6 +30,7 @@ from svc.settings import Settings, normalise_database_url
 if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
     "ALEMBIC_INI",
@@ -44,6 +45,7 @@ __all__ = [
     "database_revisions",
     "describe_error",
     "describe_revisions",
+    "read_script_heads",
     "read_scripts",
     "run_blocking",
     "upgrade",
@@ -117,6 +119,66 @@ def read_scripts(cfg: Config | None = None) -> Scripts:
     return Scripts(tuple(sorted(script.get_heads())), frozenset(rev.revision for rev in script.walk_revisions()))
 
 
+_SCRIPT_NAME = re.compile(r"(?!\.#|__init__).*\.py")
+
+
+class _NotPlain(Exception):
+    """A revision script that only alembic can read (its identifiers are not plain literals)."""
+
+
+def _literal(node: ast.expr) -> object:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise _NotPlain() from None
+
+
+def _revision_of(path: Path) -> tuple[str, tuple[str, ...]]:
+    """A script's `revision` and its `down_revision`(s), read from its source without running it."""
+    values: dict[str, object] = {}
+    for node in ast.parse(path.read_bytes(), str(path)).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, value = node.targets[0].id, node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, value = node.target.id, node.value
+        else:
+            continue
+        if name in ("revision", "down_revision"):
+            values[name] = _literal(value)
+    revision, down = values.get("revision"), values.get("down_revision")
+    if not isinstance(revision, str) or "down_revision" not in values:
+        raise _NotPlain()
+    downs = () if down is None else (down,) if isinstance(down, str) else down
+    if not isinstance(downs, (tuple, list)) or not all(isinstance(d, str) for d in downs):
+        raise _NotPlain()
+    return revision, tuple(downs)
+
+
+def read_script_heads(version_locations: Iterable[Path] = ()) -> Scripts:
+    """What `read_scripts(alembic_config(version_locations=...))` says, read without alembic (serve-time readiness).
+
+    Alembic costs ~11 MB and tens of milliseconds to import; a script's identifiers are plain
+    assignments that `ast` reads without running it. A head is a revision no other script revises.
+    Scripts whose identifiers are not literals, or anything unusual (duplicates, a revision that
+    names a missing one), make this defer to alembic, which reads them or says what is wrong.
+    """
+    extra = list(version_locations)
+    try:
+        revisions = [
+            _revision_of(path)
+            for directory in [SCRIPT_LOCATION / "versions", *extra]
+            for path in sorted(directory.iterdir())
+            if _SCRIPT_NAME.fullmatch(path.name) and path.is_file()
+        ]
+    except (_NotPlain, SyntaxError, OSError, UnicodeDecodeError):
+        return read_scripts(alembic_config(version_locations=extra))
+    known = frozenset(revision for revision, _ in revisions)
+    revised = {down for _, downs in revisions for down in downs}
+    if len(known) != len(revisions) or not revised <= known:
+        return read_scripts(alembic_config(version_locations=extra))
+    return Scripts(tuple(sorted(known - revised)), known)
+
+
 def describe_revisions(revisions: tuple[str, ...]) -> str:
     """Revisions as people read them: comma-separated, or "base" when there are none."""
     return ", ".join(revisions) if revisions else BASE
@@ -131,6 +193,8 @@ async def database_revisions(conn: asyncpg.Connection) -> tuple[str, ...]:
 
 
 def _revisions(connection: Connection) -> tuple[str, ...]:
+    from sqlalchemy import text
+
     if connection.execute(text("SELECT to_regclass('alembic_version')")).scalar() is None:
         return ()
     return tuple(sorted(connection.execute(text("SELECT version_num FROM alembic_version")).scalars()))
@@ -138,6 +202,8 @@ def _revisions(connection: Connection) -> tuple[str, ...]:
 
 def lock(connection: Connection) -> None:
     """Wait for other migrators (replicas, `alembic`, `python -m svc migrate`); held until the transaction ends."""
+    from sqlalchemy import text
+
     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
 
 
@@ -148,6 +214,10 @@ async def connect(settings: Settings) -> AsyncIterator[AsyncConnection]:
     Without DATABASE_URL (development/test only) it is the embedded PostgreSQL the app uses,
     started if needed and let go afterwards. No command timeout: DDL may take long.
     """
+    from sqlalchemy import NullPool
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     url = settings.database_url
     embedded = None
     if url is None:
@@ -294,15 +364,15 @@ def compare(current: tuple[str, ...], scripts: Scripts) -> str | None:
 class SchemaCheck:
     """Whether the database's schema is at the scripts' head: the schema part of readiness.
 
-    `start()` begins the first comparison in the background (alembic is imported and the
-    scripts read in a thread), so start-up never waits for it. Until the database is at head,
+    `start()` begins the first comparison in the background (the scripts are read in a thread,
+    without alembic unless they need it), so start-up never waits for it. Until the database is at head,
     `check()` re-reads its revision at most once per `ttl` seconds (concurrent callers share one
     read, bounded by `timeout`), so applying migrations to a running service makes it ready.
     Once at head, the answer comes from memory and no further query is made.
     """
 
     def __init__(
-        self, connect: Connect, *, timeout: float, ttl: float, scripts: Callable[[], Scripts] = read_scripts
+        self, connect: Connect, *, timeout: float, ttl: float, scripts: Callable[[], Scripts] = read_script_heads
     ) -> None:
         self._connect = connect
         self.timeout = timeout
@@ -373,7 +443,10 @@ class SchemaCheck:
         return SchemaStatus(status, utc_now(), time.monotonic(), current, scripts.heads, difference)
 
     async def close(self) -> None:
-        """Stop a check in progress (at shutdown)."""
-        for future in (self._inflight, self._scripts):
-            if future is not None:
-                future.cancel()
+        """Stop a check in progress (at shutdown), and wait until it has unwound."""
+        pending = {future for future in (self._inflight, self._scripts) if future is not None and not future.done()}
+        for future in pending:
+            future.cancel()
+        if pending:
+            # A read of the scripts runs in a thread and cannot be interrupted: it is abandoned, not waited for.
+            await asyncio.wait(pending, timeout=1)

@@ -6,19 +6,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-__all__ = ["DatabaseProbe", "ProbeResult"]
+from svc.clock import utc_now
+
+__all__ = ["DatabaseProbe", "ProbeResult", "utc_now"]
 
 Connect = Callable[[float], Awaitable[Any]]
-
-
-def utc_now() -> str:
-    """The current time as RFC 3339 UTC with millisecond precision."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +24,7 @@ class ProbeResult:
     status: str  # pass | warn | fail
     time: str
     measured_at: float  # time.monotonic() when measured
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # the query's round trip (connecting, when needed, is not part of it)
     server_version: str | None = None
     output: str | None = None
 
@@ -69,7 +65,10 @@ class DatabaseProbe:
 
     A dedicated connection measures the database rather than the pool (an exhausted pool must
     not make the probe wait), and costs exactly one round trip per check. Concurrent callers
-    share one in-flight check, and a result is reused for `ttl` seconds.
+    share one in-flight check, and a result is reused for `ttl` seconds. The latency is the
+    query's alone: a check that has to (re)connect first still reports what the query took,
+    so a slow connect (the first one after start-up, on a loaded machine) is not a `warn`;
+    the timeout bounds both. `connect()` opens the connection ahead of the first check.
     """
 
     def __init__(self, connect: Connect, *, timeout: float, warn_ms: float, ttl: float) -> None:
@@ -78,8 +77,16 @@ class DatabaseProbe:
         self.warn_ms = warn_ms
         self.ttl = ttl
         self._conn: Any = None
+        self._opening: asyncio.Future[bool] | None = None
         self._inflight: asyncio.Future[ProbeResult] | None = None
         self.last: ProbeResult | None = None
+
+    def fresh(self) -> ProbeResult | None:
+        """The last result while it is within `ttl` (no await needed), else None."""
+        last = self.last
+        if last is not None and time.monotonic() - last.measured_at < self.ttl:
+            return last
+        return None
 
     async def check(self) -> ProbeResult:
         last = self.last
@@ -96,26 +103,56 @@ class DatabaseProbe:
         if not future.cancelled():
             self.last = future.result()
 
+    def open_soon(self) -> None:
+        """Start opening the probe's connection in the background (at start-up): the first check then
+        measures a query, not a connect. A check that comes meanwhile waits for this connection."""
+        if self._opening is None and (self._conn is None or self._conn.is_closed()):
+            self._opening = asyncio.ensure_future(self._open())
+
+    async def connect(self) -> bool:
+        """Open the probe's connection now, within `timeout`; False if that failed.
+
+        A failure is not reported: the next check connects again and says what went wrong.
+        """
+        self.open_soon()
+        if self._opening is None:
+            return True
+        return await asyncio.shield(self._opening)
+
+    async def _open(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                self._conn = await self._connect(self.timeout)
+            return True
+        except Exception:  # noqa: BLE001 - whatever it was, the next check meets it again and describes it
+            return False
+        finally:
+            self._opening = None
+
     async def _measure(self) -> ProbeResult:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
-                version = await self._select_one(deadline=start + self.timeout)
+                version, seconds = await self._select_one(deadline=start + self.timeout)
         except BaseException as exc:
             await self._drop()
             if not isinstance(exc, Exception):  # cancelled (shutdown), SystemExit, KeyboardInterrupt
                 raise
             return ProbeResult("fail", utc_now(), time.monotonic(), output=describe_failure(exc, self.timeout))
-        latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        latency_ms = round(seconds * 1000, 3)
         status = "warn" if latency_ms > self.warn_ms else "pass"
         output = f"Response time {latency_ms:g} ms exceeds {self.warn_ms:g} ms." if status == "warn" else None
         return ProbeResult(status, utc_now(), time.monotonic(), latency_ms, version, output)
 
-    async def _select_one(self, deadline: float) -> str:
+    async def _select_one(self, deadline: float) -> tuple[str, float]:
+        """`SELECT 1` on the probe's connection (opened if needed): the server's version, and the query's seconds."""
+        if self._opening is not None:  # `connect()` is opening it: use that connection
+            await asyncio.shield(self._opening)
         reused = self._conn is not None and not self._conn.is_closed()
         if not reused:
             self._conn = await self._connect(max(0.001, deadline - time.perf_counter()))
         try:
+            start = time.perf_counter()
             await self._conn.execute("SELECT 1")
         except _BROKEN_CONNECTION:
             if not reused:
@@ -124,9 +161,11 @@ class DatabaseProbe:
             # within the same deadline.
             await self._drop()
             self._conn = await self._connect(max(0.001, deadline - time.perf_counter()))
+            start = time.perf_counter()
             await self._conn.execute("SELECT 1")
+        seconds = time.perf_counter() - start
         version: str = self._conn.get_settings().server_version
-        return version.split(" ", 1)[0]
+        return version.split(" ", 1)[0], seconds
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -135,11 +174,12 @@ class DatabaseProbe:
 
     async def close(self) -> None:
         """Stop a check in progress and close the probe's connection (at shutdown)."""
-        inflight = self._inflight
-        if inflight is not None:
-            inflight.cancel()
-            # Let it unwind (it terminates its connection attempt) while the loop still runs.
-            await asyncio.wait({inflight}, timeout=1)
+        pending = {f for f in (self._inflight, self._opening) if f is not None}
+        for future in pending:
+            future.cancel()
+        if pending:
+            # Let them unwind (they terminate their connection attempts) while the loop still runs.
+            await asyncio.wait(pending, timeout=1)
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:

@@ -97,6 +97,9 @@ class Settings:
     # Where prometheus-client's multiprocess files live; None: a directory the service manages.
     metrics_dir: Path | None = None
     db_slow_query_ms: float = 200.0
+    # After SIGTERM, readiness fails but requests are still served this long before uvicorn stops
+    # accepting: time for a load balancer (Kubernetes endpoints) to stop sending new ones.
+    shutdown_drain_seconds: float = 0.0
 
     @property
     def is_development(self) -> bool:
@@ -233,6 +236,11 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         "metrics_dir": env.path("METRICS_DIR", default=None),
         "db_slow_query_ms": env.float(
             "DB_SLOW_QUERY_MS", default=d.db_slow_query_ms, validate=ma.validate.Range(0, 3_600_000)
+        ),
+        "shutdown_drain_seconds": env.float(
+            "SHUTDOWN_DRAIN_SECONDS",
+            default=5.0 if deployed else d.shutdown_drain_seconds,
+            validate=ma.validate.Range(0, 300),
         ),
     }
     try:

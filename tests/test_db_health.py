@@ -22,20 +22,6 @@ TOKEN = "health-token-0123456789abcdef"
 DETAIL_KEYS = {"postgresql:responseTime", "postgresql:connections", "postgresql:version"}
 
 
-@pytest.fixture
-def make_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
-    """The shared factory with a latency warning no busy test machine reaches, unless a test sets its own.
-
-    The first check after start-up includes connecting, and a loaded machine can stretch it past
-    the default 100 ms: a `warn` these tests do not ask about.
-    """
-
-    def make(**overrides: Any) -> Settings:
-        return make_settings(**{"health_db_warn_ms": 60_000.0, **overrides})
-
-    return make
-
-
 def ms_floor(moment: datetime) -> datetime:
     """`moment` truncated to the millisecond, as the health `time` fields are."""
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
@@ -64,9 +50,9 @@ def pool_counters(app: Starlette) -> dict[str, int]:
 
 
 async def test_db_health_passes_with_latency_pool_counters_and_server_version(
-    make_settings: Callable[..., Settings], pg: Any
+    make_db_settings: Callable[..., Settings], pg: Any
 ) -> None:
-    app = create_app(make_settings())
+    app = create_app(make_db_settings())
     async with serve(app) as client:
         before = ms_floor(datetime.now(UTC))
         response = await client.get("/health/db")
@@ -104,9 +90,9 @@ async def test_db_health_passes_with_latency_pool_counters_and_server_version(
 
 @pytest.mark.parametrize(("held", "expected"), [(0, (0, 0)), (3, (3, 0)), (7, (7, 2))])
 async def test_db_health_connections_are_the_pools_own_counters(
-    make_settings: Callable[..., Settings], held: int, expected: tuple[int, int]
+    make_db_settings: Callable[..., Settings], held: int, expected: tuple[int, int]
 ) -> None:
-    app = create_app(make_settings(db_pool_size=5, db_max_overflow=10))
+    app = create_app(make_db_settings(db_pool_size=5, db_max_overflow=10))
     async with serve(app) as client, held_connections(app.state.db, held):
         [connections] = (await client.get("/health/db")).json()["checks"]["postgresql:connections"]
         observed = connections["observedValue"]
@@ -120,9 +106,9 @@ async def test_db_health_connections_are_the_pools_own_counters(
 
 @pytest.mark.parametrize(("held", "status"), [(4, "pass"), (5, "warn")])
 async def test_db_health_warns_only_when_pool_use_exceeds_80_percent(
-    make_settings: Callable[..., Settings], held: int, status: str
+    make_db_settings: Callable[..., Settings], held: int, status: str
 ) -> None:
-    app = create_app(make_settings(db_pool_size=5, db_max_overflow=0))
+    app = create_app(make_db_settings(db_pool_size=5, db_max_overflow=0))
     async with serve(app) as client, held_connections(app.state.db, held):
         response = await client.get("/health/db")
         assert response.status_code == 200
@@ -138,8 +124,8 @@ async def test_db_health_warns_only_when_pool_use_exceeds_80_percent(
             assert "output" not in connections
 
 
-async def test_db_health_warns_when_latency_exceeds_warn_ms(make_settings: Callable[..., Settings]) -> None:
-    async with serve(create_app(make_settings(health_db_warn_ms=0.001))) as client:
+async def test_db_health_warns_when_latency_exceeds_warn_ms(make_db_settings: Callable[..., Settings]) -> None:
+    async with serve(create_app(make_db_settings(health_db_warn_ms=0.001))) as client:
         response = await client.get("/health/db")
         assert response.status_code == 200
         body = response.json()
@@ -179,11 +165,11 @@ DETAILS_CASES = {
 
 @pytest.mark.parametrize("case", DETAILS_CASES.values(), ids=DETAILS_CASES.keys())
 async def test_db_health_details_are_gated_by_show_details_and_bearer_token(
-    make_settings: Callable[..., Settings], case: DetailsCase
+    make_db_settings: Callable[..., Settings], case: DetailsCase
 ) -> None:
     mode, token, authorization, code, details = case
     headers = {"Authorization": authorization} if authorization else {}
-    async with serve(create_app(make_settings(health_show_details=mode, health_token=token))) as client:
+    async with serve(create_app(make_db_settings(health_show_details=mode, health_token=token))) as client:
         response = await client.get("/health/db", headers=headers)
         assert response.status_code == code
         assert response.headers["cache-control"] == "no-store"
@@ -212,9 +198,9 @@ async def test_db_health_details_are_gated_by_show_details_and_bearer_token(
 
 @pytest.mark.parametrize("path", ["/health", "/health/db"])
 async def test_without_details_a_warning_is_still_reported_exactly(
-    make_settings: Callable[..., Settings], path: str
+    make_db_settings: Callable[..., Settings], path: str
 ) -> None:
-    settings = make_settings(health_show_details="when_authorized", health_token=TOKEN, health_db_warn_ms=0.001)
+    settings = make_db_settings(health_show_details="when_authorized", health_token=TOKEN, health_db_warn_ms=0.001)
     async with serve(create_app(settings)) as client:
         await client.get("/health/db")  # /health reports the last check; make one
         anonymous = await client.get(path)
@@ -225,8 +211,8 @@ async def test_without_details_a_warning_is_still_reported_exactly(
         assert "exceeds" in authorized.text
 
 
-async def test_readiness_is_503_before_lifespan_start_up(make_settings: Callable[..., Settings]) -> None:
-    app = create_app(make_settings())
+async def test_readiness_is_503_before_lifespan_start_up(make_db_settings: Callable[..., Settings]) -> None:
+    app = create_app(make_db_settings())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         ready = await client.get("/health/ready")
@@ -237,9 +223,9 @@ async def test_readiness_is_503_before_lifespan_start_up(make_settings: Callable
 
 
 async def test_readiness_is_200_while_serving_and_503_once_shutdown_has_begun(
-    make_settings: Callable[..., Settings],
+    make_db_settings: Callable[..., Settings],
 ) -> None:
-    app = create_app(make_settings())
+    app = create_app(make_db_settings())
     async with serve(app) as client:
         ready = await client.get("/health/ready")
         assert ready.status_code == 200
@@ -256,9 +242,9 @@ async def test_readiness_is_200_while_serving_and_503_once_shutdown_has_begun(
 
 @pytest.mark.parametrize(("mode", "has_output"), [("always", True), ("never", False)])
 async def test_readiness_says_why_only_with_details(
-    make_settings: Callable[..., Settings], mode: str, has_output: bool
+    make_db_settings: Callable[..., Settings], mode: str, has_output: bool
 ) -> None:
-    app = create_app(make_settings(health_show_details=mode))
+    app = create_app(make_db_settings(health_show_details=mode))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         ready = await client.get("/health/ready")
@@ -267,16 +253,18 @@ async def test_readiness_says_why_only_with_details(
     assert ("output" in ready.json()) is has_output
 
 
-async def test_health_has_no_database_summary_before_the_first_check(make_settings: Callable[..., Settings]) -> None:
-    async with serve(create_app(make_settings())) as client:
+async def test_health_has_no_database_summary_before_the_first_check(make_db_settings: Callable[..., Settings]) -> None:
+    async with serve(create_app(make_db_settings())) as client:
         body = (await client.get("/health")).json()
         assert body["status"] == "pass"
         assert not any(name.startswith("postgresql:") for name in body["checks"])
 
 
-async def test_health_summarises_the_last_database_check_from_the_cache(make_settings: Callable[..., Settings]) -> None:
+async def test_health_summarises_the_last_database_check_from_the_cache(
+    make_db_settings: Callable[..., Settings],
+) -> None:
     # TTL 0: were /health to check the database, every call would make a new measurement.
-    app = create_app(make_settings(health_db_cache_ttl=0.0))
+    app = create_app(make_db_settings(health_db_cache_ttl=0.0))
     async with serve(app) as client:
         db = (await client.get("/health/db")).json()["checks"]
         for _ in range(3):
@@ -294,8 +282,8 @@ async def test_health_summarises_the_last_database_check_from_the_cache(make_set
         assert (await client.get("/health")).json()["checks"]["postgresql:responseTime"] == again
 
 
-async def test_health_time_is_when_the_database_was_measured(make_settings: Callable[..., Settings]) -> None:
-    async with serve(create_app(make_settings(health_db_cache_ttl=60.0))) as client:
+async def test_health_time_is_when_the_database_was_measured(make_db_settings: Callable[..., Settings]) -> None:
+    async with serve(create_app(make_db_settings(health_db_cache_ttl=60.0))) as client:
         first = (await client.get("/health/db")).json()["checks"]["postgresql:responseTime"][0]
         measured = parse_time(first["time"])
         assert datetime.now(UTC) - measured < timedelta(seconds=5)
@@ -305,9 +293,9 @@ async def test_health_time_is_when_the_database_was_measured(make_settings: Call
 
 
 async def test_db_health_is_503_starting_up_before_the_lifespan_has_run(
-    make_settings: Callable[..., Settings],
+    make_db_settings: Callable[..., Settings],
 ) -> None:
-    app = create_app(make_settings())
+    app = create_app(make_db_settings())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.get("/health/db")

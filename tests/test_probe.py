@@ -27,20 +27,6 @@ from tests.conftest import asyncpg_dsn, serve
 CONCURRENT = 50
 
 
-@pytest.fixture
-def make_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
-    """The shared factory with a latency warning no busy test machine reaches, unless a test sets its own.
-
-    The first check after start-up includes connecting, and a loaded machine can stretch it past
-    the default 100 ms: a `warn` these tests do not ask about.
-    """
-
-    def make(**overrides: Any) -> Settings:
-        return make_settings(**{"health_db_warn_ms": 60_000.0, **overrides})
-
-    return make
-
-
 class ServerCount:
     """Transactions committed in one database, as the server counts them."""
 
@@ -107,10 +93,10 @@ async def count(pg: Any, scratch_database: str) -> ServerCount:
 
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
 async def test_concurrent_checks_cause_exactly_one_query_on_the_server(
-    count: ServerCount, make_settings: Callable[..., Settings], warm: bool
+    count: ServerCount, make_db_settings: Callable[..., Settings], warm: bool
 ) -> None:
     # TTL 0: nothing is cached, so only single-flight can explain one query.
-    probe = make_probe(count.url, make_settings())
+    probe = make_probe(count.url, make_db_settings())
     results: list[ProbeResult] = []
 
     async def burst() -> None:
@@ -136,9 +122,9 @@ TTL_CASES = [
 
 @pytest.mark.parametrize(("ttl", "waits", "queries"), TTL_CASES)
 async def test_cache_ttl_decides_when_a_check_queries_again(
-    count: ServerCount, make_settings: Callable[..., Settings], ttl: float, waits: list[float], queries: int
+    count: ServerCount, make_db_settings: Callable[..., Settings], ttl: float, waits: list[float], queries: int
 ) -> None:
-    probe = make_probe(count.url, make_settings(), ttl=ttl)
+    probe = make_probe(count.url, make_db_settings(), ttl=ttl)
     results: list[ProbeResult] = []
 
     async def checks() -> None:
@@ -153,8 +139,8 @@ async def test_cache_ttl_decides_when_a_check_queries_again(
     assert all(result.status == "pass" for result in results)
 
 
-async def test_health_summary_adds_no_query(count: ServerCount, make_settings: Callable[..., Settings]) -> None:
-    app = create_app(make_settings(database_url=count.url, health_db_cache_ttl=0.0))
+async def test_health_summary_adds_no_query(count: ServerCount, make_db_settings: Callable[..., Settings]) -> None:
+    app = create_app(make_db_settings(database_url=count.url, health_db_cache_ttl=0.0))
     async with serve(app) as client:
         assert (await client.get("/health/db")).json()["checks"]["postgresql:responseTime"][0]["status"] == "pass"
         await app.state.probe.close()  # publishes the probe's counts; the last result stays
@@ -168,8 +154,8 @@ async def test_health_summary_adds_no_query(count: ServerCount, make_settings: C
         assert await count.during(summaries) == 0
 
 
-async def test_concurrent_requests_share_one_measurement(make_settings: Callable[..., Settings]) -> None:
-    async with serve(create_app(make_settings(health_db_cache_ttl=0.0))) as client:
+async def test_concurrent_requests_share_one_measurement(make_db_settings: Callable[..., Settings]) -> None:
+    async with serve(create_app(make_db_settings(health_db_cache_ttl=0.0))) as client:
         responses = await asyncio.gather(*(client.get("/health/db") for _ in range(CONCURRENT)))
         assert {r.status_code for r in responses} == {200}
         latencies = [r.json()["checks"]["postgresql:responseTime"] for r in responses]
@@ -180,9 +166,9 @@ async def test_concurrent_requests_share_one_measurement(make_settings: Callable
 
 
 async def test_a_caller_that_goes_away_does_not_cancel_the_shared_check(
-    database_url: str, make_settings: Callable[..., Settings]
+    database_url: str, make_db_settings: Callable[..., Settings]
 ) -> None:
-    probe = make_probe(database_url, make_settings())
+    probe = make_probe(database_url, make_db_settings())
     try:
         leaving = asyncio.ensure_future(probe.check())
         staying = asyncio.ensure_future(probe.check())
@@ -198,9 +184,9 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_shared_check(
 
 
 async def test_probe_reconnects_within_one_check_after_its_connection_is_killed(
-    database_url: str, make_settings: Callable[..., Settings], pg: Any
+    database_url: str, make_db_settings: Callable[..., Settings], pg: Any
 ) -> None:
-    probe = make_probe(database_url, make_settings(), timeout=1.0)
+    probe = make_probe(database_url, make_db_settings(), timeout=1.0)
     try:
         first = await probe.check()
         assert first.status == "pass"
@@ -216,10 +202,10 @@ async def test_probe_reconnects_within_one_check_after_its_connection_is_killed(
 
 
 async def test_probe_times_out_on_a_silent_server_and_shuts_down_cleanly_mid_check(
-    silent_port: int, make_settings: Callable[..., Settings]
+    silent_port: int, make_db_settings: Callable[..., Settings]
 ) -> None:
     url = f"postgresql+asyncpg://svc:pw@127.0.0.1:{silent_port}/db"
-    probe = make_probe(url, make_settings(), timeout=0.2)
+    probe = make_probe(url, make_db_settings(), timeout=0.2)
     start = time.perf_counter()
     result = await probe.check()
     assert time.perf_counter() - start < 0.3

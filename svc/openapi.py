@@ -1,0 +1,366 @@
+"""The OpenAPI 3.1 document, built once per app from its routes and the msgspec Structs, served pre-encoded.
+
+Payload schemas come from the Structs themselves (`msgspec.json.schema_components`): the health
+body and the problem body have no second, hand-kept definition. The built-in endpoints are
+described here; a route added with `create_app(routes=...)` describes itself with an `openapi`
+attribute on its endpoint, a dict of OpenAPI Operation objects keyed by lower-case method, in
+which a Struct *type* may stand wherever a schema goes (on a class-based `HTTPEndpoint`, a class
+attribute):
+
+    async def get_item(request: Request) -> Response: ...
+    get_item.openapi = {  # type: ignore[attr-defined]
+        "get": {
+            "summary": "One item.",
+            "responses": {
+                "200": {"description": "The item.", "content": {"application/json": {"schema": Item}}},
+                "404": {"$ref": "#/components/responses/NotFound"},
+            },
+        }
+    }
+
+A route without one is listed with its methods and an undescribed `default` response. Mounts,
+WebSocket routes and plain ASGI apps routed without `methods` are not listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+from starlette.endpoints import HTTPEndpoint
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from svc.errors import PROBLEM_TYPE, Problem
+from svc.health import HEALTH_TYPE, DatabaseHealth, Health, HealthBody, Liveness, Readiness
+from svc.metrics import MetricsEndpoint
+from svc.middleware import HSTS_HEADER, SECURITY_HEADERS
+from svc.settings import Settings
+
+__all__ = ["OPENAPI_PATH", "OpenApi", "build_openapi", "openapi_route"]
+
+OPENAPI_PATH = "/openapi.json"
+REF = "#/components/schemas/{name}"
+_JSON = "application/json"
+
+# Headers the middleware puts on every response, by wire name.
+_REQUEST_ID = {
+    "description": "The request's id: the inbound `X-Request-ID` when it matches `[A-Za-z0-9._:-]{1,128}`, "
+    "else a new one. Also the problem body's `requestId` and every log line's `request_id`.",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+}
+_SERVER_TIMING = {
+    "description": "Server-side timings (W3C Server Timing), when the service adds them.",
+    "required": False,
+    "schema": {"type": "string"},
+}
+_NO_STORE = {"description": "Never cached.", "required": True, "schema": {"const": "no-store"}}
+
+
+def _security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
+    return [*SECURITY_HEADERS, HSTS_HEADER] if settings.app_env.is_deployed else SECURITY_HEADERS
+
+
+def _header_components(settings: Settings) -> dict[str, Any]:
+    headers = {"X-Request-ID": _REQUEST_ID, "Server-Timing": _SERVER_TIMING, "Cache-Control": _NO_STORE}
+    for name, value in _security_headers(settings):
+        headers[name.decode().title()] = {
+            "description": "Set on every response.",
+            "required": True,
+            "schema": {"const": value.decode()},
+        }
+    return headers
+
+
+def _common_headers(settings: Settings) -> dict[str, Any]:
+    """The headers every response carries, as references to `components.headers`."""
+    names = ["X-Request-ID", *(name.decode().title() for name, _ in _security_headers(settings)), "Server-Timing"]
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
+def _problem(description: str, headers: Mapping[str, Any], **extra_headers: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {**headers, **extra_headers},
+        "content": {PROBLEM_TYPE: {"schema": {"$ref": REF.format(name="Problem")}}},
+    }
+
+
+def _shared_responses(settings: Settings) -> dict[str, Any]:
+    headers = _common_headers(settings)
+    unauthorized_headers = {
+        "WWW-Authenticate": {"required": True, "schema": {"const": 'Bearer realm="health"'}},
+        "Cache-Control": {"$ref": "#/components/headers/Cache-Control"},
+    }
+    return {
+        "BadRequest": _problem(
+            "The request is malformed: a Content-Length that is not a number, or a Host outside ALLOWED_HOSTS.",
+            headers,
+        ),
+        "Unauthorized": _problem("A bearer token was sent and is not HEALTH_TOKEN.", headers, **unauthorized_headers),
+        "MetricsUnauthorized": _problem(
+            "No bearer token, or not HEALTH_TOKEN.",
+            headers,
+            **{
+                **unauthorized_headers,
+                "WWW-Authenticate": {"required": True, "schema": {"pattern": '^Bearer realm="metrics"'}},
+            },
+        ),
+        "NotFound": _problem("No resource exists at this path (any path not listed here).", headers),
+        "MethodNotAllowed": _problem(
+            "The method is not allowed for this resource; `Allow` lists those that are.",
+            headers,
+            Allow={"required": True, "schema": {"type": "string"}},
+        ),
+        "ContentTooLarge": _problem("The request body is larger than MAX_BODY_BYTES.", headers),
+        "InternalServerError": _problem("An unexpected error; details go to the log only.", headers),
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _health_response(description: str, settings: Settings) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {**_common_headers(settings), "Cache-Control": {"$ref": "#/components/headers/Cache-Control"}},
+        "content": {HEALTH_TYPE.decode(): {"schema": {"$ref": REF.format(name="HealthBody")}}},
+    }
+
+
+def _health_operation(
+    summary: str, description: str, ok: str, unavailable: str | None, *, guarded: bool, settings: Settings
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": _health_response(ok, settings)}
+    if unavailable is not None:
+        responses["503"] = _health_response(unavailable, settings)
+    operation: dict[str, Any] = {
+        "tags": ["health"],
+        "summary": summary,
+        "description": description,
+        "parameters": [{"$ref": "#/components/parameters/X-Request-ID"}],
+    }
+    if guarded and settings.health_show_details == "when_authorized":
+        # Optional: without a token the answer has no details; a wrong one is a 401.
+        operation["security"] = [{}, {"healthToken": []}]
+        responses["401"] = _ref("Unauthorized")
+    operation["responses"] = responses
+    return operation
+
+
+def _metrics_operation(settings: Settings) -> dict[str, Any]:
+    text = {"schema": {"type": "string"}}
+    operation: dict[str, Any] = {
+        "tags": ["metrics"],
+        "summary": "Prometheus metrics",
+        "description": "The Prometheus text format, or OpenMetrics when `Accept` asks for it.",
+        "parameters": [{"$ref": "#/components/parameters/X-Request-ID"}],
+    }
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "The metrics of every worker.",
+            "headers": {**_common_headers(settings), "Cache-Control": {"$ref": "#/components/headers/Cache-Control"}},
+            "content": {"text/plain": text, "application/openmetrics-text": text},
+        }
+    }
+    if settings.health_show_details != "always":
+        # Metrics are public only where health details are: elsewhere the token is required.
+        operation["security"] = [{"healthToken": []}]
+        responses["401"] = _ref("MetricsUnauthorized")
+    operation["responses"] = responses
+    return operation
+
+
+def _builtin(endpoint: Any, settings: Settings) -> dict[str, Any] | None:
+    """The description of a built-in endpoint, or None when `endpoint` is not one."""
+    details = {
+        "always": " Details (outputs, observed values) are always shown.",
+        "when_authorized": " Details are shown only with `Authorization: Bearer <HEALTH_TOKEN>`.",
+        "never": " Details are never shown.",
+    }[settings.health_show_details]
+    if isinstance(endpoint, Liveness):
+        return _health_operation(
+            "Liveness", "The process answers. No I/O.", "Alive.", None, guarded=False, settings=settings
+        )
+    if isinstance(endpoint, Readiness):
+        return _health_operation(
+            "Readiness",
+            "200 only while started, not draining, the database answers and its schema is at head." + details,
+            "Ready.",
+            "Not ready: starting, draining, database down or schema behind.",
+            guarded=True,
+            settings=settings,
+        )
+    if isinstance(endpoint, DatabaseHealth):
+        return _health_operation(
+            "Database health",
+            "A bounded, single-flight, cached database check, with pool and migration state." + details,
+            "The database answers (`pass`, or `warn` for a slow answer, a busy pool or a schema behind).",
+            "The database check failed.",
+            guarded=True,
+            settings=settings,
+        )
+    if isinstance(endpoint, Health):
+        return _health_operation(
+            "Service health",
+            "Identity, uptime and the last database and schema results, from cache (no query)." + details,
+            "Up; `warn` when the last database or schema check did not pass.",
+            None,
+            guarded=True,
+            settings=settings,
+        )
+    if isinstance(endpoint, MetricsEndpoint):
+        return _metrics_operation(settings)
+    if isinstance(endpoint, OpenApi):
+        return {
+            "tags": ["meta"],
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI 3.1 document.",
+                    "headers": {
+                        **_common_headers(settings),
+                        "Cache-Control": {"required": True, "schema": {"const": "no-cache"}},
+                    },
+                    "content": {_JSON: {"schema": {"type": "object", "required": ["openapi", "info", "paths"]}}},
+                }
+            },
+        }
+    return None
+
+
+def _with_common_errors(operation: dict[str, Any]) -> dict[str, Any]:
+    """Add the answers every operation may give, whatever the endpoint: from the middleware and the 500 net."""
+    responses = operation.setdefault("responses", {})
+    responses.setdefault("400", _ref("BadRequest"))
+    responses.setdefault("413", _ref("ContentTooLarge"))
+    responses.setdefault("500", _ref("InternalServerError"))
+    return operation
+
+
+def _head(operation: Mapping[str, Any]) -> dict[str, Any]:
+    """The HEAD twin of a GET operation: the same answers and headers, no body."""
+    responses = {
+        status: {k: v for k, v in response.items() if k != "content"}
+        for status, response in operation["responses"].items()
+    }
+    return {**operation, "summary": f"{operation['summary']} (headers only)", "responses": responses}
+
+
+def _methods(route: Route) -> list[str]:
+    """The route's methods, lower-case; a class-based `HTTPEndpoint` has those it defines a handler for."""
+    if route.methods is not None:
+        return sorted(m.lower() for m in route.methods)
+    endpoint = route.endpoint
+    if isinstance(endpoint, type) and issubclass(endpoint, HTTPEndpoint):
+        methods = {m for m in ("get", "post", "put", "patch", "delete", "options") if hasattr(endpoint, m)}
+        return sorted(methods | ({"head"} if "get" in methods or hasattr(endpoint, "head") else set()))
+    return []  # a plain ASGI app takes any method: nothing to list
+
+
+def _route_path_item(route: Route, settings: Settings) -> dict[str, Any]:
+    methods = _methods(route)
+    builtin = _builtin(route.endpoint, settings)
+    if builtin is not None:
+        item = {"get": builtin, "head": _head(builtin)}
+        return {m: _with_common_errors(item[m]) for m in methods if m in item}
+    described: Mapping[str, Any] = getattr(route.endpoint, "openapi", None) or {}
+    item = {}
+    for method in methods:
+        if (operation := described.get(method)) is not None:
+            item[method] = _with_common_errors({**operation, "responses": dict(operation.get("responses", {}))})
+        else:
+            item[method] = {"summary": route.name, "responses": {"default": {"description": "Not described."}}}
+    return item
+
+
+def _structs_to_refs(value: Any, found: set[type[msgspec.Struct]]) -> Any:
+    """`value` with every msgspec Struct type in it replaced by a `$ref`, collecting the types in `found`."""
+    if isinstance(value, type) and issubclass(value, msgspec.Struct):
+        found.add(value)
+        return {"$ref": REF.format(name=value.__name__)}
+    if isinstance(value, Mapping):
+        return {k: _structs_to_refs(v, found) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_structs_to_refs(v, found) for v in value]
+    return value
+
+
+def build_openapi(settings: Settings, routes: Iterable[BaseRoute]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document describing `routes` (plain `Route`s; others are skipped) under `settings`."""
+    paths: dict[str, Any] = {}
+    for route in routes:
+        if isinstance(route, Route):
+            paths.setdefault(route.path_format, {}).update(_route_path_item(route, settings))
+    structs: set[type[msgspec.Struct]] = {HealthBody, Problem}
+    paths = _structs_to_refs(paths, structs)
+    _, schemas = msgspec.json.schema_components(sorted(structs, key=lambda t: t.__name__), ref_template=REF)
+    components: dict[str, Any] = {
+        "schemas": schemas,
+        "responses": _shared_responses(settings),
+        "headers": _header_components(settings),
+        "parameters": {
+            "X-Request-ID": {
+                "name": "X-Request-ID",
+                "in": "header",
+                "required": False,
+                "description": "The caller's id for the request: echoed when it matches `[A-Za-z0-9._:-]{1,128}`, "
+                "replaced by a new one otherwise (never an error).",
+                "schema": {"type": "string"},
+            }
+        },
+    }
+    if settings.health_show_details != "always":
+        components["securitySchemes"] = {
+            "healthToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "HEALTH_TOKEN: health details and metrics.",
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "svc",
+            "version": settings.app_version,
+            "description": (
+                "Errors are RFC 9457 `application/problem+json` (schema `Problem`): any path not listed "
+                "answers `NotFound`, any method not listed `MethodNotAllowed`. Every response carries "
+                "`X-Request-ID` and the security headers."
+            ),
+        },
+        "paths": paths,
+        "components": components,
+    }
+
+
+class OpenApi:
+    """`/openapi.json`: the pre-encoded document, as a plain ASGI endpoint."""
+
+    def __init__(self) -> None:
+        self.body = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def encode(self, document: Mapping[str, Any]) -> None:
+        self.body = msgspec.json.encode(document)
+        self.headers = [
+            (b"content-type", _JSON.encode()),
+            # The document changes only with a deploy: revalidate, never serve a stale one.
+            (b"cache-control", b"no-cache"),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.body})
+
+
+def openapi_route(settings: Settings, routes: Sequence[BaseRoute]) -> Route:
+    """The `/openapi.json` route, its document describing `routes` and itself, encoded now."""
+    endpoint = OpenApi()
+    route = Route(OPENAPI_PATH, endpoint, methods=["GET", "HEAD"], name="openapi")
+    endpoint.encode(build_openapi(settings, [*routes, route]))
+    return route

@@ -1,0 +1,114 @@
+"""Graceful shutdown: on SIGTERM, readiness fails at once; then the server drains and stops as usual."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+__all__ = ["DrainHook", "drain_on_signals"]
+
+logger = logging.getLogger("svc")
+
+Handler = Callable[[int, FrameType | None], Any]
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class DrainHook:
+    """Stands in front of the server's own SIGTERM and SIGINT handlers for the lifespan's duration.
+
+    On the first signal `state.phase` becomes "draining", so `/health/ready` answers 503
+    'Shutting down.' while everything else is still served. Then, after `delay` seconds for
+    SIGTERM (the time a load balancer or Kubernetes needs to stop sending new requests) and at
+    once for SIGINT or a second signal, the server's handler runs: uvicorn stops accepting, lets
+    the requests in flight finish (within `--timeout-graceful-shutdown`) and runs the lifespan's
+    shutdown, which disposes of the engine.
+
+    uvicorn installs its handlers with `signal.signal` before the lifespan starts, so they are
+    there to chain to; without such a handler (an in-process test, a server that handles signals
+    in its event loop) the hook stays out of the way.
+    """
+
+    def __init__(self, state: Any, delay: float) -> None:
+        self.state = state
+        self.delay = delay
+        self._previous: dict[int, Handler] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._signalled = False
+        self._stopped = False
+
+    def install(self) -> None:
+        """Take over SIGTERM and SIGINT; call from the lifespan, on the event loop's (main) thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if not callable(signal.getsignal(signal.SIGTERM)):
+            return
+        self._loop = asyncio.get_running_loop()
+        for sig in SIGNALS:
+            previous = signal.getsignal(sig)
+            if callable(previous):
+                self._previous[sig] = previous
+                signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        """Give the signals back to the server's handlers."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for sig, previous in self._previous.items():
+            # Only if still ours: a handler installed over this one since stays in place.
+            if signal.getsignal(sig) == self._handle:
+                signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: only attribute writes here, and the event loop is reached thread-safely.
+        first, self._signalled = not self._signalled, True
+        self.state.phase = "draining"
+        assert self._loop is not None  # installed only with a running loop
+        if first and sig == signal.SIGTERM and self.delay > 0:
+            self._loop.call_soon_threadsafe(self._drain, context=contextvars.Context())
+            return
+        if first:
+            name = signal.Signals(sig).name
+            # A fresh context: the interrupted frame may be inside a request, whose id is not this line's.
+            self._loop.call_soon_threadsafe(
+                logger.info, "%s received: shutting down", name, context=contextvars.Context()
+            )
+        self._stop(sig, frame)
+
+    def _drain(self) -> None:
+        if self._stopped:  # a second signal came first
+            return
+        logger.info("SIGTERM received: readiness fails now; shutting down in %g s", self.delay)
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self.delay, self._stop, signal.SIGTERM, None)
+
+    def _stop(self, sig: int, frame: FrameType | None) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # uvicorn re-raises the signal it handled once its shutdown is complete, under the process's
+        # original handler: for SIGTERM that is the default action, and a clean drain would end as
+        # "killed by SIGTERM" (exit status 143). Told SIGINT instead, uvicorn ends in its
+        # KeyboardInterrupt path and exits 0; a second signal still forces the exit, as uvicorn's does.
+        self._previous[sig](signal.SIGINT, frame)
+
+
+@contextmanager
+def drain_on_signals(state: Any, delay: float) -> Iterator[DrainHook]:
+    """A `DrainHook` installed for the duration of the block."""
+    hook = DrainHook(state, delay)
+    hook.install()
+    try:
+        yield hook
+    finally:
+        hook.uninstall()

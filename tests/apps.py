@@ -1,0 +1,41 @@
+"""A test app: the service plus a route that holds a pooled connection, for `uvicorn --factory tests.apps:create_test_app`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from svc.app import create_app
+
+
+async def hold(request: Request) -> JSONResponse:
+    """Check out a pooled connection, query it, keep it `?seconds=` long; then say who served and in which phase."""
+    seconds = float(request.query_params.get("seconds", "0"))
+    state = request.app.state
+    state.holding = getattr(state, "holding", 0) + 1
+    try:
+        async with state.db.session() as session:
+            backend = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            await asyncio.sleep(seconds)
+    finally:
+        state.holding -= 1
+    return JSONResponse({"pid": os.getpid(), "backend": backend, "phase": state.phase})
+
+
+async def holding(request: Request) -> JSONResponse:
+    """How many `/hold` requests are in flight."""
+    return JSONResponse({"holding": getattr(request.app.state, "holding", 0)})
+
+
+ROUTES = [Route("/hold", hold), Route("/holding", holding)]
+
+
+def create_test_app() -> Starlette:
+    """The service, configured from the environment, with the routes above."""
+    return create_app(routes=ROUTES)

@@ -1,0 +1,85 @@
+"""The pool exhausted under concurrent load, on a real uvicorn: sessions fail fast with a 503, health still answers.
+
+tests/test_db_faults.py covers one request against a full pool in process; this is the same contract
+with many requests queueing at once, and probes arriving all along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.conftest import UvicornProcess, holding, wait_until
+
+pytestmark = pytest.mark.e2e
+
+POOL_TIMEOUT = 0.5
+HEALTH_TIMEOUT = 0.8
+MARGIN = 0.5  # an HTTP round trip on a busy two-core machine, on top of each bound
+WAITERS = 30
+HOLD = 2.0
+
+
+async def timed_get(client: httpx.AsyncClient, path: str) -> tuple[httpx.Response, float]:
+    start = time.perf_counter()
+    response = await client.get(path)
+    return response, time.perf_counter() - start
+
+
+async def probe_until(client: httpx.AsyncClient, done: asyncio.Event) -> list[tuple[httpx.Response, float]]:
+    """/health/db and /health/ready, over and over until `done`."""
+    answers = []
+    while not done.is_set():
+        for path in ("/health/db", "/health/ready"):
+            answers.append(await timed_get(client, path))
+        await asyncio.sleep(0.05)
+    return answers
+
+
+async def test_sessions_get_a_503_problem_within_the_pool_timeout_while_health_answers_in_its_own(
+    uvicorn: Callable[..., UvicornProcess],
+) -> None:
+    server = uvicorn(
+        "--factory",
+        app="tests.apps:create_test_app",
+        DB_POOL_SIZE="2",
+        DB_MAX_OVERFLOW="0",
+        DB_POOL_TIMEOUT=str(POOL_TIMEOUT),
+        HEALTH_DB_TIMEOUT=str(HEALTH_TIMEOUT),
+        HEALTH_DB_CACHE_TTL="0",
+        ACCESS_LOG="false",
+    )
+    server.wait_ready("/health/ready")  # the engine is made in the background after start-up
+    limits = httpx.Limits(max_connections=WAITERS + 4)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10, limits=limits) as client:
+        holders = [asyncio.create_task(client.get("/hold", params={"seconds": HOLD})) for _ in range(2)]
+        await wait_until(lambda: holding(client), 2)
+
+        done = asyncio.Event()
+        probes = asyncio.create_task(probe_until(client, done))
+        waiters = await asyncio.gather(*(timed_get(client, "/hold") for _ in range(WAITERS)))
+        done.set()
+        health = await probes
+        held = await asyncio.gather(*holders)
+        after = await client.get("/hold")
+
+    for response, elapsed in waiters:
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == 503
+        assert POOL_TIMEOUT <= elapsed < POOL_TIMEOUT + MARGIN, elapsed
+    assert len(health) >= 2
+    for response, elapsed in health:
+        assert response.status_code == 200, response.text
+        assert elapsed < HEALTH_TIMEOUT + MARGIN, elapsed
+        if response.url.path == "/health/db":
+            # The database answers; the full pool is a warning, not a failure.
+            assert response.json()["status"] == "warn"
+            assert response.json()["checks"]["postgresql:connections"][0]["status"] == "warn"
+    assert [response.status_code for response in held] == [200, 200]
+    assert after.status_code == 200
+    assert "Traceback" not in server.output()
