@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import signal
 import time
+import types
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from svc.context import request_id
+from svc.logging import configure_logging
+from svc.shutdown import SIGNALS, drain_on_signals
 from tests.conftest import UvicornProcess, holding, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -116,3 +122,27 @@ async def test_during_the_drain_delay_readiness_fails_while_requests_are_still_s
     await wait_until(lambda: connections(pg, name), 0, within=2.0)
     assert_clean_exit(server)
     assert "SIGTERM received: readiness fails now; shutting down in 1.5 s" in server.output()
+
+
+async def test_the_signal_log_line_carries_no_request_id_of_the_interrupted_request() -> None:
+    """A signal handler runs in whatever context the main thread is in, often some request's."""
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda sig, frame: received.append(sig)) for sig in SIGNALS}
+    try:
+        with drain_on_signals(types.SimpleNamespace(phase="serving"), 0):
+            token = request_id.set("the-interrupted-request")
+            try:
+                signal.raise_signal(signal.SIGINT)
+            finally:
+                request_id.reset(token)
+            await asyncio.sleep(0.05)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        configure_logging("INFO", "json")
+    assert received == [signal.SIGINT]  # handed on to the server's handler (as SIGINT: see svc/shutdown.py)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [line] = [line for line in lines if line["message"] == "SIGINT received: shutting down"]
+    assert line["request_id"] is None
