@@ -15,8 +15,9 @@ from svc.errors import send_problem
 
 __all__ = ["HostMiddleware", "allows_any_host"]
 
-# host[:port], the host a name or an IPv4 address, or an IPv6 literal in brackets (RFC 9110 section 7.2).
-_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::[0-9]{1,5})?")
+# host[:port], the host a DNS name or IPv4 address (letters, digits, dashes, dots) or an IPv6 literal in brackets
+# (RFC 9110 section 7.2). Anything else ("evil.com?.example.com") must not reach the suffix match of "*.domain".
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9.])?)(?::[0-9]{1,5})?")
 DETAIL = "The Host header does not name a host this server answers to."
 _KNOWN_MAX = 256
 

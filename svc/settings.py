@@ -166,10 +166,17 @@ def _log_level(value: str) -> None:
         raise ma.ValidationError(f"Must be one of: {', '.join(LOG_LEVELS)}.")
 
 
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_PATTERN = re.compile(rf"(?:\*\.)?{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?|\[[0-9A-Fa-f:.]+\]")
+
+
 def _host_patterns(value: list[str]) -> None:
+    # A port or a stray character would make an entry that never matches: every request refused.
     for pattern in value:
-        if not pattern or ("*" in pattern and pattern != "*" and not pattern.startswith("*.")) or "*" in pattern[1:]:
-            raise ma.ValidationError('Each entry must be a host name, "*.domain" or "*".')
+        if pattern.strip() != "*" and not _HOST_PATTERN.fullmatch(pattern.strip()):
+            raise ma.ValidationError(
+                'Each entry must be a host name ("api.example.com", no port), "*.example.com", an IP address or "*".'
+            )
 
 
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
@@ -231,7 +238,9 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
             validate=ma.validate.OneOf(["always", "when_authorized", "never"]),
         ),
         "health_token": env.str("HEALTH_TOKEN", default=None),
-        "allowed_hosts": tuple(env.list("ALLOWED_HOSTS", default=list(d.allowed_hosts), validate=_host_patterns) or ()),
+        "allowed_hosts": tuple(
+            p.strip() for p in env.list("ALLOWED_HOSTS", default=list(d.allowed_hosts), validate=_host_patterns) or ()
+        ),
         "metrics_enabled": env.bool("METRICS_ENABLED", default=d.metrics_enabled),
         "metrics_dir": env.path("METRICS_DIR", default=None),
         "db_slow_query_ms": env.float(

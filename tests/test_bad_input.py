@@ -278,6 +278,8 @@ BAD_HOSTS = {
     "port too long": b"127.0.0.1:123456",
     "IPv6 not listed": b"[::1]:8000",
     "empty": b"",
+    "a query before a wildcard suffix": b"evil.com?.example.com",
+    "a path before a wildcard suffix": b"evil.com/.example.com",
 }
 
 

@@ -186,3 +186,17 @@ def test_invalid_values_in_dotenv_are_reported_like_real_ones(isolated_env: Path
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert list(info.value.errors) == ["DB_POOL_SIZE"]
+
+
+def test_allowed_hosts_entries_are_trimmed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOWED_HOSTS", "api.example.com, *.example.org ,127.0.0.1,[::1]")
+    assert load_settings().allowed_hosts == ("api.example.com", "*.example.org", "127.0.0.1", "[::1]")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["api.example.com:8443", "*.", "*example.com", "a.*.com", "evil.com?.example.com", "evil.com/x", "a b.com", ""],
+)
+def test_allowed_hosts_entries_that_could_never_match_are_rejected(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    error = config_error(monkeypatch, ALLOWED_HOSTS=f"ok.example.com,{value}")
+    assert list(error.errors) == ["ALLOWED_HOSTS"]
