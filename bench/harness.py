@@ -93,6 +93,8 @@ def production_env(database_url: str, **overrides: str) -> dict[str, str]:
         "APP_ENV": "production",
         "DATABASE_URL": database_url,
         "SECRET_KEY": secrets.token_urlsafe(48),
+        # Details and /metrics for the bearer of this token; anonymous probes (the benchmark's) see no details.
+        "HEALTH_TOKEN": secrets.token_urlsafe(24),
         "ACCESS_LOG": "false",
         "LOG_LEVEL": "INFO",
     }
@@ -249,6 +251,12 @@ def pin_prefix(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -325,6 +333,10 @@ class Server:
     def rss_kib(self) -> int:
         assert self.proc is not None
         return rss_kib(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
 
     def output(self) -> str:
         try:

@@ -69,15 +69,17 @@ class Scenario:
     target: str = ""
 
 
+BASELINE = "baseline /health (raw ASGI)"
 SCENARIOS = [
-    Scenario("baseline /health (raw ASGI)", "baseline", "/health"),
-    Scenario("svc /health", "svc", "/health", "baseline /health (raw ASGI)", "≥ 0.75, p99 ≤ 1.5x"),
-    Scenario("svc /health/live", "svc", "/health/live", "baseline /health (raw ASGI)", "≥ 0.75, p99 ≤ 1.5x"),
-    Scenario("svc /health/ready", "svc", "/health/ready", "baseline /health (raw ASGI)"),
-    Scenario("svc /health, ACCESS_LOG on", "svc-access-log", "/health", "baseline /health (raw ASGI)", "≥ 0.55"),
-    Scenario(
-        "svc /health/live, ACCESS_LOG on", "svc-access-log", "/health/live", "baseline /health (raw ASGI)", "≥ 0.55"
-    ),
+    Scenario(BASELINE, "baseline", "/health"),
+    Scenario("baseline /health, 3 headers only (raw ASGI)", "baseline", "/health-bare"),
+    Scenario("svc /health", "svc", "/health", BASELINE, "≥ 0.75, p99 ≤ 1.5x"),
+    Scenario("svc /health/live", "svc", "/health/live", BASELINE, "≥ 0.75, p99 ≤ 1.5x"),
+    Scenario("svc /health, METRICS off", "svc-no-metrics", "/health", BASELINE, "≥ 0.75, p99 ≤ 1.5x"),
+    Scenario("svc /health/live, METRICS off", "svc-no-metrics", "/health/live", BASELINE, "≥ 0.75, p99 ≤ 1.5x"),
+    Scenario("svc /health/ready", "svc", "/health/ready", BASELINE),
+    Scenario("svc /health, ACCESS_LOG on", "svc-access-log", "/health", BASELINE, "≥ 0.55"),
+    Scenario("svc /health/live, ACCESS_LOG on", "svc-access-log", "/health/live", BASELINE, "≥ 0.55"),
     Scenario("baseline /health/db (asyncpg pool)", "baseline", "/health/db"),
     Scenario("baseline /health/db (pool, no reset: 1 RTT)", "baseline", "/health/db-1rt"),
     Scenario("svc /health/db (default TTL)", "svc", "/health/db", "svc /health", "≥ 0.9 x svc /health"),
@@ -85,8 +87,13 @@ SCENARIOS = [
 ]
 #: Extra ratios printed under the table: (scenario, reference).
 EXTRA_RATIOS = [
+    ("svc /health", "baseline /health, 3 headers only (raw ASGI)"),
+    ("svc /health/live", "baseline /health, 3 headers only (raw ASGI)"),
+    ("svc /health, METRICS off", "baseline /health, 3 headers only (raw ASGI)"),
+    (BASELINE, "baseline /health, 3 headers only (raw ASGI)"),
+    ("svc /health", "svc /health, METRICS off"),
     ("svc /health/db (TTL=0)", "baseline /health/db (pool, no reset: 1 RTT)"),
-    ("svc /health/db (default TTL)", "baseline /health (raw ASGI)"),
+    ("svc /health/db (default TTL)", BASELINE),
     ("svc /health, ACCESS_LOG on", "svc /health"),
 ]
 
@@ -269,6 +276,9 @@ def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
     servers = {
         "baseline": baseline_server("baseline", database_url, work, cpu),
         "svc": svc_server("svc", production_env(database_url), work, cpu),
+        "svc-no-metrics": svc_server(
+            "svc-no-metrics", production_env(database_url, METRICS_ENABLED="false"), work, cpu
+        ),
         "svc-access-log": svc_server("svc-access-log", production_env(database_url, ACCESS_LOG="true"), work, cpu),
         "svc-ttl0": svc_server("svc-ttl0", production_env(database_url, HEALTH_DB_CACHE_TTL="0"), work, cpu),
     }
@@ -283,11 +293,16 @@ def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
         for round_no in range(args.rounds):
             shift = round_no % len(run.scenarios)
             for s in run.scenarios[shift:] + run.scenarios[:shift]:
-                result = run_wrk(servers[s.server].url(s.path), args.duration, args.connections, run.client_cpu, script)
+                server = servers[s.server]
+                cpu_before = server.cpu_seconds()
+                result = run_wrk(server.url(s.path), args.duration, args.connections, run.client_cpu, script)
+                # The server's own CPU time per request: unlike req/s, barely moved by what else shares its CPU.
+                result["cpu_us"] = (server.cpu_seconds() - cpu_before) / max(1, result["requests"]) * 1e6
                 run.results[s.name].append(result)
                 log(
                     f"round {round_no + 1}/{args.rounds}  {s.name:<46} {result['rps']:>9.0f} req/s  "
-                    f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms"
+                    f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  "
+                    f"CPU {result['cpu_us']:6.1f} µs/req"
                 )
                 time.sleep(0.2)
         run.rss = {name: (idle_rss[name], servers[name].rss_kib()) for name in needed}
@@ -337,9 +352,11 @@ def render(run: Run) -> str:
         f"wrk -t1 -c{args.connections}, {args.rounds} interleaved rounds x {args.duration} s, medians over rounds; "
         f"{pinned}; load average {run.load_before[0]:.2f} before, {run.load_after[0]:.2f} after.",
         "Ratios are paired: each round's value over its reference's value in the same round, then the median.",
+        "CPU ratio: the reference's server CPU time per request over the scenario's (what the req/s ratio would be",
+        "if each server had its CPU to itself; far less moved by other work on a shared machine than req/s).",
         "",
-        "| scenario | req/s | p50 ms | p99 ms | req/s ratio | p99 ratio | reference | target |",
-        "|---|---:|---:|---:|---:|---:|---|---|",
+        "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | req/s ratio | CPU ratio | p99 ratio | reference | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     names = {s.name for s in scenarios}
     for s in scenarios:
@@ -348,18 +365,23 @@ def render(run: Run) -> str:
         flag = f" ({errors:.0f} errors/non-2xx)" if errors else ""
         if s.ref and s.ref in names:
             ratio = f"{paired_ratio(results, s.name, s.ref, 'rps'):.2f}"
+            cpu_ratio = f"{paired_ratio(results, s.ref, s.name, 'cpu_us'):.2f}"
             p99_ratio = f"{paired_ratio(results, s.name, s.ref, 'p99_us'):.2f}"
             ref = s.ref
         else:
-            ratio, p99_ratio, ref = "1.00", "1.00", "-"
+            ratio, cpu_ratio, p99_ratio, ref = "1.00", "1.00", "1.00", "-"
         lines.append(
             f"| {s.name}{flag} | {median_of(rounds, 'rps'):,.0f} | {median_of(rounds, 'p50_us') / 1000:.2f} | "
-            f"{median_of(rounds, 'p99_us') / 1000:.2f} | {ratio} | {p99_ratio} | {ref} | {s.target} |"
+            f"{median_of(rounds, 'p99_us') / 1000:.2f} | {median_of(rounds, 'cpu_us'):.1f} | {ratio} | {cpu_ratio} | "
+            f"{p99_ratio} | {ref} | {s.target} |"
         )
     extras = [(a, b) for a, b in EXTRA_RATIOS if a in names and b in names]
     if extras:
         lines.append("")
-        lines += [f"- {a} / {b}: req/s {paired_ratio(results, a, b, 'rps'):.2f}" for a, b in extras]
+        lines += [
+            f"- {a} / {b}: req/s {paired_ratio(results, a, b, 'rps'):.2f}, CPU {paired_ratio(results, b, a, 'cpu_us'):.2f}"
+            for a, b in extras
+        ]
     for name, found in run.warnings.items():
         if found:
             lines += ["", f"Warnings and errors logged by `{name}` during the run:"]

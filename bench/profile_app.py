@@ -25,12 +25,13 @@ from typing import Any
 import uvloop
 from harness import batch_runner, database_for_tests, production_settings, request
 
-from svc.app import create_app
+from svc.app import create_app, started
 from svc.logging import configure_logging
 
 
 async def profile(app: Any, path: str, calls: int, profiler: str, out: io.TextIOBase) -> None:
     async with app.router.lifespan_context(app):
+        await started(app)
         await request(app, "/health/ready")  # as once deployed: /health then reports the last database check
         response = await request(app, path)
         print(f"{path}: {response.status}, {len(response.body)} bytes", file=sys.stderr)
@@ -58,10 +59,10 @@ async def layers(app: Any, path: str, calls: int, repeats: int = 60) -> None:
     """What each layer adds to a call of `path`: the raw-ASGI floor, the endpoint alone, Starlette's
     own stack (router, ServerErrorMiddleware, ExceptionMiddleware), then svc's middleware one by one."""
     import baseline
-    from starlette.applications import Starlette
     from starlette.routing import Route
 
     async with app.router.lifespan_context(app):
+        await started(app)
         await request(app, "/health/ready")
         stages: list[tuple[str, Any]] = [("raw ASGI floor (bench/baseline.py)", baseline.app)]
         endpoint = next((r.app for r in app.routes if isinstance(r, Route) and r.path == path), None)
@@ -74,7 +75,8 @@ async def layers(app: Any, path: str, calls: int, repeats: int = 60) -> None:
             stages.append(("endpoint alone", bare))
         user = list(app.user_middleware)
         for k in range(len(user) + 1):
-            stack = Starlette(routes=app.routes, middleware=user[:k], exception_handlers=app.exception_handlers)
+            # The app's own class (svc's Service drops Starlette's redundant ServerErrorMiddleware).
+            stack = type(app)(routes=app.routes, middleware=user[:k], exception_handlers=app.exception_handlers)
             stack.state = app.state
             label = "Starlette + router" if k == 0 else f"+ {getattr(user[k - 1].cls, '__name__', user[k - 1].cls)}"
             stages.append((label, stack))

@@ -39,6 +39,8 @@ CASES = {
     "health_db_uncached": Case("/health/db", 20, UNCACHED),
     "health_ready_uncached": Case("/health/ready", 20, UNCACHED),
     "not_found_problem": Case("/no/such/path", 500, status=404),
+    "health_metrics_off": Case("/health", 500, {"METRICS_ENABLED": "false"}),
+    "health_live_metrics_off": Case("/health/live", 1000, {"METRICS_ENABLED": "false"}),
     "health_access_log": Case("/health", 500, ACCESS_LOG),
     "health_live_access_log": Case("/health/live", 1000, ACCESS_LOG),
 }

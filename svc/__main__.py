@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from svc.settings import ConfigError, load_settings
 
-logger = logging.getLogger("svc.migrations")
+logger = logging.getLogger("svc.cli")
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -21,8 +21,9 @@ def check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    width = max(len(name) for name in settings.masked())
-    for name, value in settings.masked().items():
+    masked = settings.masked()
+    width = max(len(name) for name in masked)
+    for name, value in masked.items():
         print(f"{name:<{width}}  {'' if value is None else value}")
     print("configuration OK", file=sys.stderr)
     return 0
@@ -175,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument(
         "--timeout-graceful-shutdown",
         type=_int_between(0, 3_600),
-        default=25,
+        # 20: with the 5 s SHUTDOWN_DRAIN_SECONDS of staging/production, 5 s inside Kubernetes' default 30 s grace
+        # period, which is when the kubelet sends SIGKILL.
+        default=20,
         metavar="SECONDS",
-        help="longest wait for in-flight requests at shutdown; keep it below Kubernetes' "
-        "terminationGracePeriodSeconds (default: %(default)s)",
+        help="longest wait for in-flight requests at shutdown, after the SHUTDOWN_DRAIN_SECONDS delay; keep "
+        "SHUTDOWN_DRAIN_SECONDS + this below Kubernetes' terminationGracePeriodSeconds (default: %(default)s)",
     )
     server.add_argument("--reload", action="store_true", help="restart on code changes (development only)")
     server.set_defaults(run=serve)

@@ -21,7 +21,9 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from svc.errors import ServiceError, handle_error
 from svc.health import DatabaseHealth, Health, Liveness, Readiness
@@ -40,10 +42,27 @@ from svc.openapi import openapi_route
 from svc.settings import DEVELOPMENT_SECRET_KEY, ConfigError, Settings, load_settings
 from svc.shutdown import drain_on_signals
 
-__all__ = ["create_app", "lifespan", "started"]
+__all__ = ["Service", "create_app", "lifespan", "started"]
 
 logger = logging.getLogger("svc")
 HEALTH_METHODS = ["GET", "HEAD"]
+
+
+class Service(Starlette):
+    """Starlette without its outermost `ServerErrorMiddleware` where that only repeats what the server does.
+
+    Without a handler for 500/`Exception` and without debug, that middleware answers an exception
+    with a plain-text 500 and raises it again for the server, which logs it and would have sent
+    the same 500 itself (uvicorn does). svc's `UnhandledErrorMiddleware` answers exceptions from
+    the routes with a problem+json 500 before either sees them. Dropped, it saves every request a
+    `send` wrapper: a few microseconds each under load, more than most of svc's own middleware.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if isinstance(stack, ServerErrorMiddleware) and stack.handler is None and not stack.debug:
+            return stack.app
+        return stack
 
 
 def _import_database_modules() -> None:
@@ -196,7 +215,7 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
         Route("/health/ready", Readiness(), methods=HEALTH_METHODS),
         Route("/health/db", DatabaseHealth(), methods=HEALTH_METHODS),
     ]
-    app = Starlette(
+    app = Service(
         routes=[
             *health,
             *([Route("/metrics", MetricsEndpoint(), methods=HEALTH_METHODS)] if metrics is not None else []),

@@ -21,6 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
+from svc.process import alive
+
 __all__ = ["EmbeddedPostgres", "keep"]
 
 logger = logging.getLogger("svc.embedded")
@@ -42,7 +44,8 @@ class EmbeddedPostgres:
     its `--workers` manager) is replaced while the supervisor lives: the server then belongs to
     the supervisor. A keeper process (`keep`, one per supervisor and data directory) holds it
     until the supervisor exits, so a reload reuses the running server instead of stopping and
-    starting it, and Ctrl-C, SIGTERM or even SIGKILL to the supervisor still stops it.
+    starting it, and Ctrl-C or SIGTERM to the supervisor still stops it. A supervisor killed
+    outright (SIGKILL) gives no such promise: its workers may outlive it, and they hold the server.
     Registrations left by processes that died without letting go are discarded when a handle
     lets go, so a crashed worker never keeps the server running forever.
     """
@@ -98,7 +101,7 @@ class EmbeddedPostgres:
             self._holders.pop(self.data_dir, None)
             with server._lock:
                 holders = server.global_process_id_list
-                dead = [pid for pid in holders.get() if pid != os.getpid() and not _alive(pid)]
+                dead = [pid for pid in holders.get() if pid != os.getpid() and not alive(pid)]
                 for pid in dead:
                     holders.get_and_remove(pid)
             if dead:
@@ -129,21 +132,6 @@ class EmbeddedPostgres:
                 )
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (an exited process its parent has not reaped yet does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs (macOS): trust kill()
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def _keeper_lock_path(data_dir: Path, supervisor: int) -> Path:
     return data_dir / f".svc-keeper-{supervisor}.lock"
 
@@ -165,7 +153,7 @@ def _wait_for_exit(pid: int) -> None:
         return
     except (AttributeError, OSError):
         # No pidfd (not Linux, or a kernel before 5.3): poll.
-        while _alive(pid):
+        while alive(pid):
             time.sleep(0.2)
         return
     try:

@@ -174,9 +174,14 @@ class AccessLog:
                 return None
         return handler
 
-    def write(self, method: str, path: str, *, route: str, status: int, duration_ms: float, size: int) -> None:
-        """Log one request (call it from the request's context: the line carries its request id)."""
-        message = f"{method} {path} {status} {duration_ms:.3f}ms"
+    def write(self, method: str, path: str, *, route: str, status: int, duration_us: int, size: int) -> None:
+        """Log one request (call it from the request's context: the line carries its request id).
+
+        `duration_us` is in whole microseconds; the line says milliseconds (`duration_ms`, 3 decimals).
+        """
+        ms, us = divmod(duration_us, 1000)
+        duration_ms = duration_us / 1000
+        message = f"{method} {path} {status} {ms}.{us:03d}ms"
         handler = self._direct_handler()
         if handler is None:
             extra = {

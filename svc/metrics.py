@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from svc.auth import authorization, bearer_matches
 from svc.errors import PROBLEM_TYPE, encode_problem
+from svc.process import alive
 from svc.settings import Settings
 
 __all__ = ["UNMATCHED", "Metrics", "MetricsEndpoint", "MetricsMiddleware", "run_directory"]
@@ -73,25 +74,15 @@ def run_directory(base: Path) -> Path:
     return base / f"{server_pid}-{run_id}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def _sweep(run_dir: Path) -> None:
     """Remove the directories of servers that have exited, and the live gauges of dead workers."""
     from prometheus_client.multiprocess import mark_process_dead
 
     for sibling in run_dir.parent.iterdir():
-        if sibling != run_dir and (m := _RUN_NAME.fullmatch(sibling.name)) and not _alive(int(m[1])):
+        if sibling != run_dir and (m := _RUN_NAME.fullmatch(sibling.name)) and not alive(int(m[1])):
             shutil.rmtree(sibling, ignore_errors=True)
     for file in run_dir.glob("gauge_live*.db"):
-        if (m := _LIVE_GAUGE_FILE.fullmatch(file.name)) and not _alive(pid := int(m[1])):
+        if (m := _LIVE_GAUGE_FILE.fullmatch(file.name)) and not alive(pid := int(m[1])):
             mark_process_dead(pid, str(run_dir))  # type: ignore[no-untyped-call]
 
 
@@ -142,11 +133,19 @@ class Metrics:
         # (method, route, status) -> [count per bucket (the last is +Inf), sum of seconds]
         self.series: dict[tuple[str, str, int], list[float]] = {}
         in_worker = multiprocessing.parent_process() is not None
-        self.multiprocess_dir = (
-            _enable_multiprocess(settings.metrics_dir or _default_base())
-            if settings.metrics_dir is not None or in_worker
-            else None
-        )
+        self.multiprocess_dir: Path | None = None
+        if settings.metrics_dir is not None or in_worker:
+            base = settings.metrics_dir or _default_base()
+            try:
+                self.multiprocess_dir = _enable_multiprocess(base)
+            except OSError as exc:
+                # A worker that fails here fails at import, and uvicorn would replace it forever: serve with
+                # this process's own metrics instead (each scrape then sees one worker's).
+                logger.warning(
+                    "Metrics directory %s unusable (%s): metrics are this process's only, not summed over workers",
+                    base,
+                    exc,
+                )
         self._exposition: _Exposition | None = None if self.multiprocess_dir is None else _Exposition(self)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -195,7 +194,11 @@ class Metrics:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            exposition.publish(state)
+            try:
+                # The last values; the engine is closed by now, and whatever fails here must not keep the gauges.
+                exposition.publish(state)
+            except Exception as exc:  # noqa: BLE001 - a warning, not a traceback in the shutdown log
+                logger.warning("Publishing this worker's last metrics failed: %r", exc)
             # This worker's gauges leave with it; its counts stay in the totals.
             from prometheus_client.multiprocess import mark_process_dead
 

@@ -113,7 +113,7 @@ class AccessLogMiddleware:
         self.log = AccessLog(logger or logging.getLogger("svc.access"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.log.enabled():
+        if scope["type"] != "http" or not self.log.logger.isEnabledFor(logging.INFO):
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500
@@ -130,13 +130,13 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_and_measure)
         finally:
-            duration_ms = round((time.perf_counter() - start) * 1000, 3)
+            duration_us = int((time.perf_counter() - start) * 1_000_000)
             self.log.write(
                 scope["method"],
                 scope["path"],
                 route=route_template(scope),
                 status=status,
-                duration_ms=duration_ms,
+                duration_us=duration_us,
                 size=size,
             )
 

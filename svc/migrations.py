@@ -8,7 +8,6 @@ functions that need them import them when called.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import concurrent.futures
 import logging
@@ -120,45 +119,48 @@ def read_scripts(cfg: Config | None = None) -> Scripts:
 
 
 _SCRIPT_NAME = re.compile(r"(?!\.#|__init__).*\.py")
+# A module-level `revision = ...` or `down_revision: ... = ...` assignment, on one line.
+_ASSIGNMENT = re.compile(r"^(revision|down_revision)\s*(?::[^=\n]*)?=[ \t]*(.*?)[ \t]*(?:#.*)?$", re.MULTILINE)
+_STRING = r"""(?:"([^"\\\n]*)"|'([^'\\\n]*)')"""
+_ONE = re.compile(_STRING)
+_SEVERAL = re.compile(rf"[(\[]\s*(?:{_STRING}\s*,\s*)*(?:{_STRING}\s*)?[)\]]")
 
 
 class _NotPlain(Exception):
-    """A revision script that only alembic can read (its identifiers are not plain literals)."""
+    """A revision script that only alembic can read (its identifiers are not plain literals on one line)."""
 
 
-def _literal(node: ast.expr) -> object:
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        raise _NotPlain() from None
+def _identifiers(value: str) -> tuple[str, ...] | None:
+    """The revision(s) a literal names: None for `None`; a string; a tuple or list of strings."""
+    if value == "None":
+        return None
+    if _ONE.fullmatch(value) or _SEVERAL.fullmatch(value):
+        return tuple(a or b for a, b in _ONE.findall(value))
+    raise _NotPlain()
 
 
 def _revision_of(path: Path) -> tuple[str, tuple[str, ...]]:
-    """A script's `revision` and its `down_revision`(s), read from its source without running it."""
-    values: dict[str, object] = {}
-    for node in ast.parse(path.read_bytes(), str(path)).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name, value = node.targets[0].id, node.value
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            name, value = node.target.id, node.value
-        else:
-            continue
-        if name in ("revision", "down_revision"):
-            values[name] = _literal(value)
-    revision, down = values.get("revision"), values.get("down_revision")
-    if not isinstance(revision, str) or "down_revision" not in values:
+    """A script's `revision` and its `down_revision`(s), read from its text without running it.
+
+    Regular expressions, not `ast`: this runs in a worker thread, and on CPython 3.11 `ast` used
+    from two threads at once can fail ("AST constructor recursion depth mismatch").
+    """
+    found: dict[str, tuple[str, ...] | None] = {}
+    for name, value in _ASSIGNMENT.findall(path.read_text(encoding="utf-8")):
+        if name in found:
+            raise _NotPlain()  # assigned twice: let alembic run the script
+        found[name] = _identifiers(value)
+    revision = found.get("revision")
+    if revision is None or len(revision) != 1 or "down_revision" not in found:
         raise _NotPlain()
-    downs = () if down is None else (down,) if isinstance(down, str) else down
-    if not isinstance(downs, (tuple, list)) or not all(isinstance(d, str) for d in downs):
-        raise _NotPlain()
-    return revision, tuple(downs)
+    return revision[0], found["down_revision"] or ()
 
 
 def read_script_heads(version_locations: Iterable[Path] = ()) -> Scripts:
     """What `read_scripts(alembic_config(version_locations=...))` says, read without alembic (serve-time readiness).
 
     Alembic costs ~11 MB and tens of milliseconds to import; a script's identifiers are plain
-    assignments that `ast` reads without running it. A head is a revision no other script revises.
+    assignments, read here from its text without running it. A head is a revision no other script revises.
     Scripts whose identifiers are not literals, or anything unusual (duplicates, a revision that
     names a missing one), make this defer to alembic, which reads them or says what is wrong.
     """
@@ -170,7 +172,7 @@ def read_script_heads(version_locations: Iterable[Path] = ()) -> Scripts:
             for path in sorted(directory.iterdir())
             if _SCRIPT_NAME.fullmatch(path.name) and path.is_file()
         ]
-    except (_NotPlain, SyntaxError, OSError, UnicodeDecodeError):
+    except (_NotPlain, OSError, UnicodeDecodeError):
         return read_scripts(alembic_config(version_locations=extra))
     known = frozenset(revision for revision, _ in revisions)
     revised = {down for _, downs in revisions for down in downs}

@@ -18,18 +18,19 @@ async def hold(request: Request) -> JSONResponse:
     """Check out a pooled connection, query it, keep it `?seconds=` long; then say who served and in which phase."""
     seconds = float(request.query_params.get("seconds", "0"))
     state = request.app.state
-    state.holding = getattr(state, "holding", 0) + 1
-    try:
-        async with state.db.session() as session:
-            backend = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    async with state.db.session() as session:
+        backend = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        # Counted only once the query answered: "n holding" means n connections checked out, not n waiting for one.
+        state.holding = getattr(state, "holding", 0) + 1
+        try:
             await asyncio.sleep(seconds)
-    finally:
-        state.holding -= 1
+        finally:
+            state.holding -= 1
     return JSONResponse({"pid": os.getpid(), "backend": backend, "phase": state.phase})
 
 
 async def holding(request: Request) -> JSONResponse:
-    """How many `/hold` requests are in flight."""
+    """How many `/hold` requests hold a connection that has answered a query."""
     return JSONResponse({"holding": getattr(request.app.state, "holding", 0)})
 
 

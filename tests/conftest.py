@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +27,19 @@ from svc.embedded import EmbeddedPostgres
 from svc.settings import Environment, Settings, normalise_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Every variable the service reads (`load_settings`, and prometheus-client's own directory variable).
+SERVICE_VARIABLES = frozenset(
+    {field.name.upper() for field in dataclasses.fields(Settings)} | {"PROMETHEUS_MULTIPROC_DIR"}
+)
+
+
+def scrubbed_environ() -> dict[str, str]:
+    """This process's environment without any variable the service reads, for the servers and commands tests start.
+
+    Whatever a developer's shell sets (ALLOWED_HOSTS, METRICS_DIR, SHUTDOWN_DRAIN_SECONDS...) would
+    otherwise change what those processes do; each test sets the variables it means.
+    """
+    return {name: value for name, value in os.environ.items() if name not in SERVICE_VARIABLES}
 
 
 def free_port() -> int:
@@ -92,7 +106,7 @@ async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.
 @pytest.fixture
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An empty working directory and no svc variables: the developer's .env and shell stay out."""
-    for name in [f.name.upper() for f in dataclasses.fields(Settings)]:
+    for name in SERVICE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -146,7 +160,7 @@ def uvicorn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Uvicorn
     started: list[UvicornProcess] = []
 
     def start(*args: str, app: str = "svc.app:app", wait: bool = True, **variables: str) -> UvicornProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DB_", "HEALTH_", "LOG_"))}
+        env = scrubbed_environ()
         env.update(APP_ENV="test", DATABASE_URL=database_url, LOG_FORMAT="json", PYTHONPATH=str(ROOT))
         env.update(variables)
         server = UvicornProcess(env, tmp_path, list(args), app)
@@ -158,6 +172,15 @@ def uvicorn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Uvicorn
     yield start
     for server in started:
         server.stop()
+
+
+def wait_for_workers(server: UvicornProcess, count: int, timeout: float = 30.0) -> None:
+    """Until `count` workers of an APP_ENV=test server have made their engine (after uvicorn's start-up, in the
+    background), as their `started` log lines say; a worker that answers proves only itself up."""
+    deadline = time.monotonic() + timeout
+    while server.output().count('started (test)"') < count:
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -261,8 +284,15 @@ async def wait_until(measure: Callable[[], Awaitable[Any]], expected: Any, withi
         await asyncio.sleep(0.02)
 
 
+async def cancelled(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait for them: a test that fails midway leaves none running, none with an unread error."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def holding(client: httpx.AsyncClient) -> int:
-    """How many of tests/apps.py's `/hold` requests the app behind `client` is serving."""
+    """How many of tests/apps.py's `/hold` requests the app behind `client` is serving with a connection checked out."""
     count: int = (await client.get("/holding")).json()["holding"]
     return count
 
@@ -293,7 +323,8 @@ def pgbouncer(database_url: str) -> Iterator[PgBouncer]:
 
     The upstream is TEST_DATABASE_URL's server over TCP, or the embedded one over its unix socket. PgBouncer
     refuses to run as root: it then switches to the socket's owner (the embedded server's user, who can
-    reach it), or to nobody.
+    reach it), or to nobody. Its support for prepared statements in transaction mode (1.21 and later,
+    on by default from 1.22) is off, as in the versions before: the tests ask what the service needs without it.
     """
     import pwd
 
@@ -308,6 +339,13 @@ def pgbouncer(database_url: str) -> Iterator[PgBouncer]:
     target = f"host={host} port={upstream.port or 5432} dbname={upstream.database} user={upstream.username}"
     if upstream.password:
         target += f" password='{upstream.password}'"
+    version = subprocess.run(
+        [binary, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+    ).stdout
+    if (numbers := re.match(r"PgBouncer (\d+)\.(\d+)", version)) is None:
+        pytest.fail(f"cannot tell pgbouncer's version from {version!r}")
+    # Older versions refuse to start with a parameter they do not know.
+    prepared = "max_prepared_statements = 0\n" if (int(numbers[1]), int(numbers[2])) >= (1, 21) else ""
     workdir = Path(tempfile.mkdtemp(prefix="svc-pgbouncer-"))
     port = free_port()
     log = workdir / "pgbouncer.log"
@@ -318,6 +356,7 @@ def pgbouncer(database_url: str) -> Iterator[PgBouncer]:
         # `any`: no client authentication, every server login as the database entry's user.
         "auth_type = any\npool_mode = transaction\n"
         f"default_pool_size = {PGBOUNCER_POOL_SIZE}\nmax_client_conn = 1000\n"
+        f"{prepared}"
         f"logfile = {log}\n"
     )
     command = [binary]

@@ -19,7 +19,6 @@ Who answers what (measured on uvicorn with httptools, as `uvicorn svc.app:app` r
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from starlette.applications import Starlette
 from svc.app import create_app
 from svc.hosts import HostMiddleware
 from svc.settings import Settings
-from tests.conftest import ROOT, UvicornProcess, raw_exchange, serve
+from tests.conftest import ROOT, UvicornProcess, raw_exchange, scrubbed_environ, serve
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +43,7 @@ SECURITY_HEADERS = ["x-content-type-options", "x-frame-options", "content-securi
 @pytest.fixture(scope="module")
 def server(migrated_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UvicornProcess]:
     """One uvicorn for the module, configured as deployed: Host allow-list, details behind the token, a small body limit."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DB_", "HEALTH_", "LOG_"))}
+    env = scrubbed_environ()
     env.update(
         APP_ENV="test",
         DATABASE_URL=migrated_database_url,
@@ -342,7 +341,17 @@ async def test_any_host_is_served_by_default(make_settings: Callable[..., Settin
 
 
 def test_uvicorn_log_has_no_traceback_after_all_of_it(server: UvicornProcess) -> None:
-    # Runs last in the module (pytest keeps file order): every bad request above went through this one server.
+    # Its own bad requests of every kind first, so that it means something when run alone (-k); in a whole run it comes
+    # last (pytest keeps file order) and the log also holds everything the tests above sent to this one server.
+    for raw in UNPARSEABLE.values():
+        assert exchange(server, raw).status == 400
+    body = b"x" * (MAX_BODY + 1)
+    assert exchange(server, request(extra=b"Content-Length: %d\r\n\r\n" % len(body) + body)).status == 413
+    assert exchange(server, request("/nope")).status == 404
+    assert exchange(server, request("/health", "POST", extra=b"Content-Length: 0\r\n")).status == 405
+    assert exchange(server, request(extra=b"X-Request-ID: <script>\r\n")).status == 200
+    assert exchange(server, request("/health/db", extra=f"Authorization: Bearer {TOKEN}x\r\n".encode())).status == 401
+    assert exchange(server, request(host=b"evil.example.org")).status == 400
     assert "Invalid HTTP request received." in server.output()
     assert_clean_log(server, TOKEN)
     assert httpx.get(server.base_url + "/health/live").status_code == 200

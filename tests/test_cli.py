@@ -5,7 +5,6 @@ Each command runs as a real `python -m svc` process in an empty directory, witho
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, scrubbed_environ
 
 pytestmark = pytest.mark.e2e
 
@@ -29,8 +28,7 @@ PASSWORD = "cli-pa55word-never-printed"
 
 
 def cli_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DB_", "HEALTH_", "LOG_", "DATABASE_"))}
-    env.pop("SECRET_KEY", None)
+    env = scrubbed_environ()
     # A fixed width: "one line each" is about the usual 80-column terminal.
     env.update(PYTHONPATH=str(ROOT), COLUMNS="80", APP_ENV="test")
     env.update(variables)
@@ -63,6 +61,13 @@ def test_every_command_has_help_that_exits_0(tmp_path: Path, command: str) -> No
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m svc {command} ")
     assert result.stderr == ""
+
+
+def test_serve_waits_at_most_20_s_for_requests_so_the_5_s_drain_fits_a_30_s_grace_period(tmp_path: Path) -> None:
+    result = svc("serve", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())
+    assert "SHUTDOWN_DRAIN_SECONDS + this below Kubernetes' terminationGracePeriodSeconds (default: 20)" in help_text
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,12 @@ def test_uvicorn_serves_health_over_http_with_json_access_logs(uvicorn: Callable
     access = [e for e in entries if e["logger"] == "svc.access" and e["request_id"] == "e2e-1"]
     assert len(access) == 1
     assert access[0]["path"] == "/health"
+    assert access[0]["route"] == "/health"
+    assert access[0]["method"] == "GET"
     assert access[0]["status"] == 200
+    assert access[0]["bytes"] == len(response.content)
+    assert 0 <= access[0]["duration_ms"] < 10_000
+    assert response.headers["server-timing"].startswith("app;dur=")
     assert not [e for e in entries if e["logger"] == "uvicorn.access"]
     assert all(line.startswith("{") for line in server.output().splitlines() if line.strip())
 
@@ -112,3 +117,17 @@ def test_cli_help_lists_commands(tmp_path: Path, args: list[str]) -> None:
     result = run_svc(*args, cwd=tmp_path)
     assert result.returncode == 0
     assert "check-config" in result.stdout or "effective configuration" in result.stdout
+
+
+def test_uvicorn_answers_liveness_before_the_database_side_has_started(
+    uvicorn: Callable[..., UvicornProcess],
+) -> None:
+    """Start-up work readiness needs runs after the server accepts: liveness first, readiness once it is done."""
+    server = uvicorn()  # waits for /health/live only
+    ready = httpx.get(server.base_url + "/health/ready", timeout=10)  # waits for the start-up, then checks
+    assert ready.status_code == 200, ready.text
+    server.stop()
+    messages = [json.loads(line)["message"] for line in server.output().splitlines() if line.startswith("{")]
+    startup = messages.index("Application startup complete.")
+    started = next(i for i, m in enumerate(messages) if m.startswith("svc ") and " started (" in m)
+    assert startup < started  # uvicorn's start-up (and so its accepting connections) came first

@@ -64,3 +64,41 @@ async def test_uptime_grows_between_requests(client: httpx.AsyncClient) -> None:
 async def test_liveness_is_exactly_pass(client: httpx.AsyncClient) -> None:
     response = await client.get("/health/live")
     assert response.content == b'{"status":"pass"}'
+
+
+# --- Server-Timing (issue 7) ------------------------------------------------------------------------------------------
+
+SERVER_TIMING = re.compile(r"^app;dur=(\d+\.\d{3})(?:, db;dur=(\d+\.\d{3}))?$")
+
+
+def timings(response: httpx.Response) -> tuple[float, float | None]:
+    """`app;dur` and `db;dur` (None when absent) of a response's Server-Timing header, in ms."""
+    match = SERVER_TIMING.match(response.headers["server-timing"])
+    assert match, response.headers["server-timing"]
+    return float(match[1]), None if match[2] is None else float(match[2])
+
+
+@pytest.mark.parametrize("path", HEALTH_ENDPOINTS)
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_health_responses_say_how_long_the_app_took(client: httpx.AsyncClient, path: str, method: str) -> None:
+    response = await client.request(method, path)
+    app_ms, _ = timings(response)
+    assert 0 <= app_ms < 10_000
+
+
+async def test_liveness_timing_has_no_database_part(client: httpx.AsyncClient) -> None:
+    assert timings(await client.get("/health/live"))[1] is None
+
+
+async def test_db_timing_is_the_probe_latency_the_body_reports(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/db")
+    [latency] = response.json()["checks"]["postgresql:responseTime"]
+    _, db_ms = timings(response)
+    assert db_ms == pytest.approx(latency["observedValue"], abs=0.0005)
+    # Readiness consults the same (cached) check; /health reports the last one.
+    assert timings(await client.get("/health/ready"))[1] == db_ms
+    assert timings(await client.get("/health"))[1] == db_ms
+
+
+async def test_health_has_no_db_timing_before_the_first_database_check(client: httpx.AsyncClient) -> None:
+    assert timings(await client.get("/health"))[1] is None

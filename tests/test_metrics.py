@@ -104,17 +104,25 @@ async def test_a_thousand_unknown_paths_and_odd_methods_add_one_series_each(
 
 async def test_in_flight_counts_requests_being_answered(make_settings: Callable[..., Settings]) -> None:
     release = asyncio.Event()
+    both_arrived = asyncio.Event()
+    arrived = 0
 
     async def wait(request: Request) -> Response:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both_arrived.set()
         await release.wait()
         return PlainTextResponse("done")
 
     async with serve(create_app(make_settings(), routes=[Route("/wait", wait)])) as client:
         waiting = [asyncio.create_task(client.get("/wait")) for _ in range(2)]
-        await asyncio.sleep(0.05)
-        during = await scrape(client)
-        release.set()
-        await asyncio.gather(*waiting)
+        try:
+            await asyncio.wait_for(both_arrived.wait(), 5)
+            during = await scrape(client)
+        finally:
+            release.set()
+            await asyncio.gather(*waiting)
         after = await scrape(client)
 
     # The two waiting requests and the scrape itself.

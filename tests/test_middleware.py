@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
 
 from svc.app import create_app
+from svc.logging import configure_logging, flush_access_log
+from svc.middleware import new_request_id
 from svc.settings import Environment, Settings
 from tests.conftest import serve
 
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
+ISO_UTC_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 PATHS = ["/health", "/health/live", "/nope"]
 
 
@@ -61,10 +67,11 @@ async def test_access_log_is_one_structured_line_per_request(
     caplog.set_level(logging.INFO, logger="svc.access")
     response = await client.get("/nope", headers={"X-Request-ID": "access-1"})
     [record] = [r for r in caplog.records if r.name == "svc.access"]
-    fields = {k: getattr(record, k) for k in ("method", "path", "status", "bytes", "request_id")}
+    fields = {k: getattr(record, k) for k in ("method", "path", "route", "status", "bytes", "request_id")}
     assert fields == {
         "method": "GET",
         "path": "/nope",
+        "route": "<unmatched>",
         "status": 404,
         "bytes": len(response.content),
         "request_id": "access-1",
@@ -83,3 +90,141 @@ async def test_access_log_can_be_switched_off(
 
 def test_uvicorn_access_log_is_replaced_by_ours(client: httpx.AsyncClient) -> None:
     assert logging.getLogger("uvicorn.access").disabled
+
+
+def test_generated_request_ids_are_128_random_bits_and_unique() -> None:
+    ids = [new_request_id() for _ in range(2000)]  # several batches
+    assert len(set(ids)) == len(ids)
+    assert all(GENERATED_ID.match(i) for i in ids)
+
+
+# --- The access log line (issue 7), written without a LogRecord when svc's handler is the only destination -----------
+
+
+@contextlib.contextmanager
+def only_svc_handler(fmt: str) -> Iterator[io.StringIO]:
+    """svc's handler alone on the root logger (as in production; pytest's capture handlers set aside), into a buffer."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler = configure_logging("INFO", fmt, stream)
+    root.handlers = [handler]
+    try:
+        yield stream
+    finally:
+        flush_access_log()
+        root.handlers = saved
+
+
+@contextlib.asynccontextmanager
+async def app_logging_to(
+    fmt: str, make_settings: Callable[..., Settings]
+) -> AsyncIterator[tuple[httpx.AsyncClient, io.StringIO]]:
+    app = create_app(make_settings(log_format=fmt))
+    async with serve(app) as client:
+        with only_svc_handler(fmt) as stream:
+            yield client, stream
+
+
+def access_entries(stream: io.StringIO) -> list[dict[str, object]]:
+    flush_access_log()
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [e for e in entries if e["logger"] == "svc.access"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route", "status"),
+    [
+        ("GET", "/health", "/health", 200),
+        ("HEAD", "/health/live", "/health/live", 200),
+        ("GET", "/no/such/thing?x=1", "<unmatched>", 404),
+        ("POST", "/health", "/health", 405),
+    ],
+)
+async def test_json_access_line_carries_id_method_route_status_duration_and_bytes(
+    make_settings: Callable[..., Settings], method: str, path: str, route: str, status: int
+) -> None:
+    async with app_logging_to("json", make_settings) as (client, stream):
+        response = await client.request(method, path, headers={"X-Request-ID": "acc-42"})
+        [entry] = access_entries(stream)
+    assert response.status_code == status
+    duration = entry.pop("duration_ms")
+    assert isinstance(duration, float)
+    assert 0 <= duration < 10_000
+    assert ISO_UTC_MS.match(str(entry.pop("timestamp")))
+    assert entry == {
+        "level": "INFO",
+        "logger": "svc.access",
+        "message": f"{method} {path.partition('?')[0]} {status} {duration:.3f}ms",
+        "request_id": "acc-42",
+        "method": method,
+        "path": path.partition("?")[0],
+        "route": route,
+        "status": status,
+        "bytes": len(response.content),
+    }
+
+
+async def test_unknown_paths_share_one_route_value(make_settings: Callable[..., Settings]) -> None:
+    async with app_logging_to("json", make_settings) as (client, stream):
+        for n in range(5):
+            await client.get(f"/random/{n}")
+        entries = access_entries(stream)
+    assert {e["route"] for e in entries} == {"<unmatched>"}
+    assert len({e["path"] for e in entries}) == 5
+
+
+async def test_console_access_line(make_settings: Callable[..., Settings]) -> None:
+    async with app_logging_to("console", make_settings) as (client, stream):
+        await client.get("/health/live", headers={"X-Request-ID": "acc-7"})
+        flush_access_log()
+        [line] = [line for line in stream.getvalue().splitlines() if "svc.access" in line]
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO     svc\.access: GET /health/live 200 \d+\.\d{3}ms \[request_id=acc-7\]",
+        line,
+    ), line
+
+
+async def test_the_access_line_makes_no_log_record_when_only_svc_handler_listens(
+    make_settings: Callable[..., Settings],
+) -> None:
+    made: list[str] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = factory(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(record.name)
+        return record
+
+    async with app_logging_to("json", make_settings) as (client, stream):
+        logging.setLogRecordFactory(counting)
+        try:
+            for _ in range(3):
+                await client.get("/health/live")
+        finally:
+            logging.setLogRecordFactory(factory)
+        assert len(access_entries(stream)) == 3
+    assert "svc.access" not in made
+
+
+async def test_with_another_handler_the_access_line_is_an_ordinary_record(
+    make_settings: Callable[..., Settings],
+) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    async with app_logging_to("json", make_settings) as (client, stream):
+        extra = Keep()
+        logging.getLogger().addHandler(extra)
+        try:
+            await client.get("/health", headers={"X-Request-ID": "acc-9"})
+        finally:
+            logging.getLogger().removeHandler(extra)
+        [written] = access_entries(stream)
+    [record] = [r for r in records if r.name == "svc.access"]
+    assert record.route == "/health"  # type: ignore[attr-defined]
+    assert written["request_id"] == "acc-9"
+    assert written["route"] == "/health"

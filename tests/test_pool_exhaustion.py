@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import UvicornProcess, holding, wait_until
+from tests.conftest import UvicornProcess, cancelled, holding, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -57,15 +58,21 @@ async def test_sessions_get_a_503_problem_within_the_pool_timeout_while_health_a
     limits = httpx.Limits(max_connections=WAITERS + 4)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10, limits=limits) as client:
         holders = [asyncio.create_task(client.get("/hold", params={"seconds": HOLD})) for _ in range(2)]
-        await wait_until(lambda: holding(client), 2)
+        tasks: list[asyncio.Task[Any]] = [*holders]
+        try:
+            await wait_until(lambda: holding(client), 2)
 
-        done = asyncio.Event()
-        probes = asyncio.create_task(probe_until(client, done))
-        waiters = await asyncio.gather(*(timed_get(client, "/hold") for _ in range(WAITERS)))
-        done.set()
-        health = await probes
-        held = await asyncio.gather(*holders)
-        after = await client.get("/hold")
+            done = asyncio.Event()
+            probes = asyncio.create_task(probe_until(client, done))
+            queued = [asyncio.create_task(timed_get(client, "/hold")) for _ in range(WAITERS)]
+            tasks += [probes, *queued]
+            waiters = await asyncio.gather(*queued)
+            done.set()
+            health = await probes
+            held = await asyncio.gather(*holders)
+            after = await client.get("/hold")
+        finally:
+            await cancelled(tasks)
 
     for response, elapsed in waiters:
         assert response.status_code == 503, response.text

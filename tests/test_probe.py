@@ -253,3 +253,60 @@ async def test_probe_does_not_swallow_exits(exc: BaseException) -> None:
     with pytest.raises(type(exc)):
         await probe._measure()
     assert probe.last is None
+
+
+async def test_latency_is_the_querys_not_the_connects(
+    database_url: str, make_db_settings: Callable[..., Settings]
+) -> None:
+    """A slow connect (the first after start-up, on a loaded machine) must not make the check a `warn`."""
+    kwargs = connect_kwargs(make_url(database_url), make_db_settings())
+
+    async def slow_connect(budget: float) -> asyncpg.Connection:
+        await asyncio.sleep(0.3)
+        return await asyncpg.connect(**kwargs, timeout=budget)
+
+    probe = DatabaseProbe(slow_connect, timeout=2.0, warn_ms=100.0, ttl=0.0)
+    try:
+        start = time.perf_counter()
+        result = await probe.check()
+        assert time.perf_counter() - start >= 0.3
+        assert result.status == "pass", result.output
+        assert result.latency_ms is not None
+        assert result.latency_ms < 100
+    finally:
+        await probe.close()
+
+
+async def test_a_check_during_connect_ahead_uses_that_connection(
+    database_url: str, make_db_settings: Callable[..., Settings]
+) -> None:
+    kwargs = connect_kwargs(make_url(database_url), make_db_settings())
+    connects = 0
+
+    async def counting_connect(budget: float) -> asyncpg.Connection:
+        nonlocal connects
+        connects += 1
+        await asyncio.sleep(0.05)
+        return await asyncpg.connect(**kwargs, timeout=budget)
+
+    probe = DatabaseProbe(counting_connect, timeout=2.0, warn_ms=1000.0, ttl=0.0)
+    try:
+        probe.open_soon()
+        results = await asyncio.gather(probe.check(), probe.connect())
+        assert results[0].status == "pass"
+        assert results[1] is True
+        assert connects == 1
+    finally:
+        await probe.close()
+
+
+async def test_close_stops_a_connect_ahead_on_a_silent_server(
+    silent_port: int, make_db_settings: Callable[..., Settings]
+) -> None:
+    probe = make_probe(f"postgresql+asyncpg://svc:pw@127.0.0.1:{silent_port}/db", make_db_settings(), timeout=5.0)
+    probe.open_soon()
+    await asyncio.sleep(0.05)
+    start = time.perf_counter()
+    await probe.close()
+    assert time.perf_counter() - start < 0.5
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

@@ -30,7 +30,7 @@ from environs import Env
 
 import svc.settings
 from svc.settings import Settings, load_settings
-from tests.conftest import ROOT, UvicornProcess, free_port
+from tests.conftest import ROOT, UvicornProcess, free_port, scrubbed_environ
 
 README = ROOT / "README.md"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -240,7 +240,7 @@ def servers(migrated_database_url: str, tmp_path_factory: pytest.TempPathFactory
     def server(variables: dict[str, str]) -> str:
         key = tuple(sorted(variables.items()))
         if key not in running:
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DB_", "HEALTH_", "LOG_"))}
+            env = scrubbed_environ()
             env.update(APP_ENV="development", DATABASE_URL=migrated_database_url, LOG_FORMAT="json")
             env.update(PYTHONPATH=str(ROOT))
             env.update({name: value.format(refused_port=refused_port) for name, value in variables.items()})

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, UvicornProcess
+from tests.conftest import ROOT, UvicornProcess, scrubbed_environ
 
 pytestmark = [
     pytest.mark.e2e,
@@ -81,9 +81,11 @@ def project() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def start_reloader(project: Path) -> UvicornProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DB_", "DATABASE_", "HEALTH_", "LOG_"))}
+def start_reloader(project: Path, metrics_dir: Path) -> UvicornProcess:
+    env = scrubbed_environ()
     env.update(APP_ENV="development", EMBEDDED_PG_DIR=str(project / "pg"), LOG_FORMAT="json", PYTHONPATH=str(ROOT))
+    # A reloader's worker keeps multiprocess metrics: in the test's directory, not the machine's default.
+    env.update(METRICS_DIR=str(metrics_dir))
     server = UvicornProcess(env, project, ["--reload", "--reload-delay", "0.1"])
     server.wait_ready("/health/db", timeout=90)
     return server
@@ -106,10 +108,10 @@ ENDINGS = {
 
 @pytest.mark.parametrize("ending", ENDINGS.values(), ids=ENDINGS.keys())
 def test_reload_keeps_one_embedded_postgresql_running_and_ending_the_reloader_stops_it(
-    project: Path, ending: Callable[[UvicornProcess], None]
+    project: Path, ending: Callable[[UvicornProcess], None], tmp_path: Path
 ) -> None:
     data_dir = project / "pg"
-    server = start_reloader(project)
+    server = start_reloader(project, tmp_path / "metrics")
     try:
         [postmaster] = postmasters(data_dir)
         [first_worker] = workers(server.proc.pid)

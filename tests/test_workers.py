@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import UvicornProcess
+from tests.conftest import UvicornProcess, wait_for_workers
 
 pytestmark = [
     pytest.mark.e2e,
@@ -85,19 +85,12 @@ def served_by(server: UvicornProcess, workers: set[int]) -> tuple[int | None, di
         conn.close()
 
 
-def wait_for_workers(server: UvicornProcess, count: int, timeout: float = 30.0) -> None:
-    """Until `count` workers have made their engine (after uvicorn's start-up, in the background)."""
-    deadline = time.monotonic() + timeout
-    while server.output().count('started (test)"') < count:
-        assert time.monotonic() < deadline, server.output()
-        time.sleep(0.05)
-
-
 async def test_two_workers_each_serve_every_health_endpoint_with_an_engine_of_their_own(
-    uvicorn: Callable[..., UvicornProcess], pg: Any
+    uvicorn: Callable[..., UvicornProcess], pg: Any, tmp_path: Path
 ) -> None:
     name = f"svc-workers-{uuid.uuid4().hex[:8]}"
-    server = uvicorn("--workers", "2", DB_APPLICATION_NAME=name)
+    # Its multiprocess metrics files in the test's directory, not the machine's default.
+    server = uvicorn("--workers", "2", DB_APPLICATION_NAME=name, METRICS_DIR=str(tmp_path / "metrics"))
     wait_for_workers(server, 2)
     workers = worker_pids(server.proc.pid)
     assert len(workers) == 2
