@@ -2,8 +2,9 @@
 
 `uvicorn baseline:app --app-dir bench` serves, with no framework at all:
 
-- `/health`, `/health/live`, `/health/ready`: one hand-written ASGI callable sending a pre-encoded
-  health+json body shaped like svc's production `/health` (similar size) with the same response
+- `/health`: one hand-written ASGI callable sending a pre-encoded health+json body shaped like
+  svc's production `/health` (the same size), and `/health/live`, `/health/ready`: `{"status":"pass"}`
+  as svc answers them; all with the same response
   headers as svc's production responses: content type, cache control and length, and the ones svc's
   middleware adds (`X-Request-ID`, the security headers and HSTS, `Server-Timing`), as constants.
   This is the floor for a Python ASGI app on uvicorn that answers what svc answers: nothing is
@@ -36,6 +37,7 @@ HEALTH_BODY = (
     b'"status":"pass","time":"2025-01-01T00:00:00.000Z"}]}}'
 )
 DB_BODY = b'{"status":"pass","serviceId":"svc"}'
+LIVE_BODY = b'{"status":"pass"}'
 
 
 #: What svc's middleware and health endpoints add to every production response (values are typical constants).
@@ -68,10 +70,11 @@ def _start(
 
 HEALTH_START, HEALTH_BODY_MSG = _start(200, HEALTH_BODY), {"type": "http.response.body", "body": HEALTH_BODY}
 BARE_START = _start(200, HEALTH_BODY, bare=True)
+LIVE_START, LIVE_BODY_MSG = _start(200, LIVE_BODY), {"type": "http.response.body", "body": LIVE_BODY}
 DB_START, DB_BODY_MSG = _start(200, DB_BODY), {"type": "http.response.body", "body": DB_BODY}
 UNAVAILABLE_START, EMPTY_BODY_MSG = _start(503, b""), {"type": "http.response.body", "body": b""}
 NOT_FOUND_START = _start(404, b"", b"text/plain", bare=True)
-HEALTH_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+LIVE_PATHS = frozenset({"/health/live", "/health/ready"})
 
 _pools: dict[str, Any] = {}
 
@@ -98,9 +101,12 @@ async def _shutdown() -> None:
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http":
         path = scope["path"]
-        if path in HEALTH_PATHS:
+        if path == "/health":
             await send(HEALTH_START)
             await send(HEALTH_BODY_MSG)
+        elif path in LIVE_PATHS:
+            await send(LIVE_START)
+            await send(LIVE_BODY_MSG)
         elif path == "/health-bare":
             await send(BARE_START)
             await send(HEALTH_BODY_MSG)

@@ -1,6 +1,6 @@
 """Profile svc's in-process hot path: direct ASGI calls, production configuration, on uvloop.
 
-    uv run --with pyinstrument python bench/profile_app.py /health [--calls 20000] [--access-log]
+    uv run python bench/profile_app.py /health [--calls 20000] [--access-log]
     uv run python bench/profile_app.py /health/live --profiler cprofile
     uv run python bench/profile_app.py /health --layers     # what each middleware adds, per call
 

@@ -191,9 +191,14 @@ def migrations_check(schema: SchemaStatus, *, details: bool) -> Check:
 
 
 def database_checks(
-    result: ProbeResult, pool: PoolStats | None, *, details: bool, schema: SchemaStatus | None = None
+    result: ProbeResult,
+    pool: PoolStats | None,
+    *,
+    details: bool,
+    schema: SchemaStatus | None = None,
+    now: str | None = None,
 ) -> dict[str, list[Check]]:
-    """The database entries of `checks`; `pool` is needed (and read) only with `details`."""
+    """The database entries of `checks`; `pool` is needed (and read) only with `details`; `now` is the pool's time."""
     latency = Check("datastore", result.status, result.time)
     if not details:
         checks = {"postgresql:responseTime": [latency]}
@@ -209,7 +214,7 @@ def database_checks(
     connections = Check(
         "datastore",
         pool_status,
-        utc_now(),
+        utc_now() if now is None else now,
         observedValue={
             "size": pool.size,
             "checkedIn": pool.checked_in,
@@ -275,25 +280,53 @@ def not_serving(phase: str) -> str | None:
     return "Starting up."
 
 
+# Stand-ins encoded into a /health template, replaced by the current time and uptime (msgspec
+# escapes the NULs, so they cannot occur in any other part of a body).
+_NOW = "\x00now\x00"
+_UPTIME = "\x00uptime\x00"
+_NOW_JSON = _encoder.encode(_NOW)
+_UPTIME_JSON = _encoder.encode(_UPTIME)
+
+
+class _HealthCache:
+    """For one details setting: the template for the last results, and the body made from it this millisecond."""
+
+    __slots__ = ("encoded", "key", "ms", "template")
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.template = b""
+        self.ms = -1
+        self.encoded = Encoded(b"")
+
+
 class Health(Endpoint):
     """`/health`: service identity, uptime, and the last database and schema results (from cache, no query).
 
-    The body changes with the millisecond (uptime, `time`), the last results, and with details the
-    pool's counters: it is built once per change of those, however many requests ask meanwhile.
+    The body is encoded once per change of the last results (and, with details, of the pool's
+    counters) as a template; each millisecond, the current time and uptime are put into it, and
+    every request within that millisecond gets the same bytes.
     """
 
     def __init__(self) -> None:
-        self._caches = {True: _Cache(), False: _Cache()}
+        self._caches = {True: _HealthCache(), False: _HealthCache()}
 
     def answer_now(self, values: dict[str, Any], *, details: bool) -> Answer:
         probe = values.get("probe")
         last: ProbeResult | None = None if probe is None else probe.last
         schema: SchemaStatus | None = None if last is None else values["schema"].last
         pool = values["db"].pool_stats() if details and last is not None else None
-        key = (time.time_ns() // 1_000_000, last, schema, pool)
+        key = (last, schema, pool)
         cache = self._caches[details]
         if cache.key != key:
-            cache.encoded, cache.key = Encoded(self.encode(values, last, schema, pool, details=details)), key
+            cache.template, cache.key, cache.ms = self.encode(values, last, schema, pool, details=details), key, -1
+        ms = time.time_ns() // 1_000_000
+        if cache.ms != ms:
+            uptime = round(time.monotonic() - values["started_monotonic"], 3)
+            body = cache.template.replace(_NOW_JSON, _encoder.encode(utc_now())).replace(
+                _UPTIME_JSON, _encoder.encode(uptime)
+            )
+            cache.encoded, cache.ms = Encoded(body), ms
         return 200, cache.encoded, None if last is None else last.latency_ms
 
     @staticmethod
@@ -304,13 +337,15 @@ class Health(Endpoint):
         pool: PoolStats | None,
         *,
         details: bool,
+        now: str = _NOW,
+        uptime: float | str = _UPTIME,
     ) -> bytes:
+        """The body; by default a template, with stand-ins for the current time and uptime."""
         settings = values["settings"]
-        uptime = round(time.monotonic() - values["started_monotonic"], 3)
-        checks = {"uptime": [Check("system", "pass", utc_now(), observedValue=uptime, observedUnit="s")]}
+        checks = {"uptime": [Check("system", "pass", now, observedValue=uptime, observedUnit="s")]}
         status = "pass"
         if last is not None:
-            checks.update(database_checks(last, pool, details=details, schema=schema))
+            checks.update(database_checks(last, pool, details=details, schema=schema, now=now))
             ok = last.status == "pass" and (schema is None or schema.status == "pass")
             status = "pass" if ok else "warn"
         body = HealthBody(

@@ -161,9 +161,6 @@ class AccessLog:
             node = node.parent
         self._level_name = logging.getLevelName(logging.INFO)
 
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
-
     def _direct_handler(self) -> _SvcHandler | None:
         handler = _handler
         root_handlers = logging.root.handlers
