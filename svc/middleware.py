@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# uvicorn's httptools parser accepts request heads of any size; these are nginx's and Node's defaults, far above
+# what any real client sends, and refusing early bounds the work and memory a request can demand.
+MAX_HEADER_COUNT = 100
+MAX_HEADER_BYTES = 16_384
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
@@ -82,11 +86,12 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         rid: str | None = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                if _VALID_REQUEST_ID.fullmatch(value):
-                    rid = value.decode()
-                break
+        headers = scope["headers"]
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value)
+            if name == b"x-request-id" and rid is None and _VALID_REQUEST_ID.fullmatch(value):
+                rid = value.decode()
         if rid is None:
             rid = new_request_id()
         header = (b"x-request-id", rid.encode())
@@ -99,7 +104,11 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT:
+                detail = f"The request headers exceed {MAX_HEADER_COUNT} fields or {MAX_HEADER_BYTES} bytes."
+                await send_problem(scope, send_with_headers, 431, detail)
+            else:
+                await self.app(scope, receive, send_with_headers)
         finally:
             request_id.reset(token)
 

@@ -35,7 +35,7 @@ from starlette.types import Receive, Scope, Send
 from svc.errors import PROBLEM_TYPE, Problem
 from svc.health import HEALTH_TYPE, DatabaseHealth, Health, HealthBody, Liveness, Readiness
 from svc.metrics import MetricsEndpoint
-from svc.middleware import HSTS_HEADER, SECURITY_HEADERS
+from svc.middleware import HSTS_HEADER, MAX_HEADER_BYTES, MAX_HEADER_COUNT, SECURITY_HEADERS
 from svc.settings import Settings
 
 __all__ = ["OPENAPI_PATH", "OpenApi", "build_openapi", "openapi_route"]
@@ -115,6 +115,9 @@ def _shared_responses(settings: Settings) -> dict[str, Any]:
             Allow={"required": True, "schema": {"type": "string"}},
         ),
         "ContentTooLarge": _problem("The request body is larger than MAX_BODY_BYTES.", headers),
+        "RequestHeaderFieldsTooLarge": _problem(
+            f"More than {MAX_HEADER_COUNT} header fields or {MAX_HEADER_BYTES} bytes of them.", headers
+        ),
         "InternalServerError": _problem("An unexpected error; details go to the log only.", headers),
     }
 
@@ -237,6 +240,7 @@ def _with_common_errors(operation: dict[str, Any]) -> dict[str, Any]:
     responses = operation.setdefault("responses", {})
     responses.setdefault("400", _ref("BadRequest"))
     responses.setdefault("413", _ref("ContentTooLarge"))
+    responses.setdefault("431", _ref("RequestHeaderFieldsTooLarge"))
     responses.setdefault("500", _ref("InternalServerError"))
     return operation
 
