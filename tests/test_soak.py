@@ -46,11 +46,12 @@ class Sample:
 
 
 async def load(base_url: str, stop: asyncio.Event, samples: list[Sample]) -> None:
-    """`CONCURRENCY` clients, each requesting the health paths in turn as fast as answers come."""
-    limits = httpx.Limits(max_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=base_url, timeout=SLOW * 4, limits=limits) as client:
+    """`CONCURRENCY` clients, each on its own keep-alive connection, requesting the health paths in turn as fast
+    as answers come (one client per connection: a shared pool's hand-over would add its own waits to the timings)."""
 
-        async def client_loop(offset: int) -> None:
+    async def client_loop(offset: int) -> None:
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(base_url=base_url, timeout=SLOW * 4, limits=limits) as client:
             n = offset
             while not stop.is_set():
                 path = PATHS[n % len(PATHS)]
@@ -63,7 +64,7 @@ async def load(base_url: str, stop: asyncio.Event, samples: list[Sample]) -> Non
                     status, health = None, None
                 samples.append(Sample(path, started, time.monotonic(), status, health))
 
-        await asyncio.gather(*(client_loop(i) for i in range(CONCURRENCY)))
+    await asyncio.gather(*(client_loop(i) for i in range(CONCURRENCY)))
 
 
 def rss_kib(pid: int) -> int:
@@ -129,7 +130,7 @@ async def test_health_under_sustained_load_through_a_database_outage(
     # Never a hang, a dropped connection or a 500: every request answered, within its bound.
     assert all(s.status in (200, 503) for s in samples), {s.status for s in samples}
     slowest = max((s for s in samples if s.started > warm), key=lambda s: s.finished - s.started)
-    assert slowest.finished - slowest.started < SLOW, slowest
+    assert slowest.finished - slowest.started < SLOW, (slowest, stopping, down, restarting, up)
 
     healthy = [s for s in samples if s.finished < stopping]
     assert all(s.status == 200 for s in healthy), [s for s in healthy if s.status != 200][:5]
