@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from enum import Enum
 
-from starlette.types import Scope
+from starlette.types import Scope, Send
 
+from svc.errors import PROBLEM_TYPE, encode_problem
 from svc.settings import Settings
 
-__all__ = ["Access", "authorization", "bearer_matches", "details_access"]
+__all__ = ["Access", "authorization", "bearer_matches", "details_access", "send_unauthorized"]
 
 
 class Access(Enum):
@@ -44,3 +46,24 @@ def details_access(settings: Settings, scope: Scope) -> Access:
     if mode == "never" or (header := authorization(scope)) is None:
         return Access.HIDDEN
     return Access.SHOWN if bearer_matches(header, settings.health_token) else Access.DENIED
+
+
+async def send_unauthorized(
+    scope: Scope, send: Send, challenge: bytes, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """A 401 problem+json with `WWW-Authenticate: <challenge>`, never cached, plus `headers`."""
+    body = encode_problem(401, "Unauthorized", detail, scope["path"])
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", PROBLEM_TYPE.encode()),
+                (b"www-authenticate", challenge),
+                (b"cache-control", b"no-store"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

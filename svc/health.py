@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from svc.auth import Access, details_access
+from svc.auth import Access, details_access, send_unauthorized
 from svc.clock import utc_now
-from svc.errors import PROBLEM_TYPE, encode_problem
 
 if TYPE_CHECKING:
     from svc.db import PoolStats
@@ -112,23 +111,13 @@ class Endpoint:
         values: dict[str, Any] = scope["app"].state._state
         access = details_access(values["settings"], scope)
         if access is Access.DENIED:
-            body = encode_problem(
-                401, "Unauthorized", "The bearer token is not valid for this endpoint.", scope["path"]
+            await send_unauthorized(
+                scope,
+                send,
+                b'Bearer realm="health"',
+                "The bearer token is not valid for this endpoint.",
+                [(b"server-timing", server_timing(start))],
             )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", PROBLEM_TYPE.encode()),
-                        (b"www-authenticate", b'Bearer realm="health"'),
-                        (b"cache-control", b"no-store"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"server-timing", server_timing(start)),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
             return
         details = access is Access.SHOWN
         answer = self.answer_now(values, details=details)

@@ -29,8 +29,7 @@ from typing import Any
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from svc.auth import authorization, bearer_matches
-from svc.errors import PROBLEM_TYPE, encode_problem
+from svc.auth import authorization, bearer_matches, send_unauthorized
 from svc.process import alive
 from svc.settings import Settings
 
@@ -463,17 +462,4 @@ async def _unauthorized(scope: Scope, send: Send, *, wrong: bool) -> None:
         )
     else:
         detail, challenge = "A bearer token is required for this endpoint.", b'Bearer realm="metrics"'
-    body = encode_problem(401, "Unauthorized", detail, scope["path"])
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", PROBLEM_TYPE.encode()),
-                (b"www-authenticate", challenge),
-                (b"cache-control", b"no-store"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_unauthorized(scope, send, challenge, detail)
