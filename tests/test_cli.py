@@ -113,6 +113,28 @@ def test_check_config_exits_0_and_says_so(tmp_path: Path) -> None:
     assert result.stderr.endswith("configuration OK\n")
 
 
+def test_check_config_prints_the_effective_configuration_masked(tmp_path: Path) -> None:
+    result = svc(
+        "check-config",
+        cwd=tmp_path,
+        DATABASE_URL=f"postgresql://svc:{PASSWORD}@db/app",
+        HEALTH_TOKEN="a-health-token-0123456789",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "DATABASE_URL" in result.stdout
+    assert "postgresql+asyncpg://svc:********@db/app" in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr
+    assert "a-health-token-0123456789" not in result.stdout + result.stderr
+
+
+def test_check_config_exits_1_listing_every_problem(tmp_path: Path) -> None:
+    result = svc("check-config", cwd=tmp_path, APP_ENV="staging", LOG_FORMAT="xml")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    for name in ("DATABASE_URL", "SECRET_KEY", "LOG_FORMAT"):
+        assert f"  - {name}: " in result.stderr
+
+
 def test_migrate_exits_1_with_a_plain_reason_when_the_database_refuses(tmp_path: Path, refused_port: int) -> None:
     result = svc("migrate", cwd=tmp_path, DATABASE_URL=f"postgresql://svc:{PASSWORD}@127.0.0.1:{refused_port}/app")
     assert result.returncode == 1

