@@ -28,16 +28,9 @@ from starlette.types import ASGIApp
 from svc.errors import ServiceError, handle_error
 from svc.health import DatabaseHealth, Health, Liveness, Readiness
 from svc.hosts import HostMiddleware, allows_any_host
-from svc.logging import configure_logging, flush_access_log
-from svc.metrics import Metrics, MetricsEndpoint, MetricsMiddleware
-from svc.middleware import (
-    AccessLogMiddleware,
-    BodyLimitMiddleware,
-    DirectRoutesMiddleware,
-    RequestIdMiddleware,
-    UnhandledErrorMiddleware,
-    security_headers,
-)
+from svc.logging import AccessLog, configure_logging, flush_access_log
+from svc.metrics import Metrics, MetricsEndpoint
+from svc.middleware import BodyLimitMiddleware, DirectRoutesMiddleware, EdgeMiddleware, security_headers
 from svc.openapi import openapi_route
 from svc.settings import DEVELOPMENT_SECRET_KEY, ConfigError, Settings, load_settings
 from svc.shutdown import drain_on_signals
@@ -53,7 +46,7 @@ class Service(Starlette):
 
     Without a handler for 500/`Exception` and without debug, that middleware answers an exception
     with a plain-text 500 and raises it again for the server, which logs it and would have sent
-    the same 500 itself (uvicorn does). svc's `UnhandledErrorMiddleware` answers exceptions from
+    the same 500 itself (uvicorn does). svc's `EdgeMiddleware` answers exceptions from
     the routes with a problem+json 500 before either sees them. Dropped, it saves every request a
     `send` wrapper: a few microseconds each under load, more than most of svc's own middleware.
     """
@@ -194,20 +187,20 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     configure_logging(settings.log_level, settings.log_format)
     if settings.secret_key == DEVELOPMENT_SECRET_KEY:
         logger.warning("SECRET_KEY is not set: using the fixed development key (allowed in %s only)", settings.app_env)
-    # Outermost first. The request id middleware also adds the security headers (one `send` wrapper for both).
-    middleware = [
-        Middleware(RequestIdMiddleware, headers=security_headers(hsts=settings.app_env.is_deployed)),
-    ]
     metrics = Metrics(settings) if settings.metrics_enabled else None
-    if metrics is not None:
-        # Outermost: the latency covers every middleware, and the 500s and 413s they answer are counted.
-        middleware.insert(0, Middleware(MetricsMiddleware, metrics=metrics))
-    if settings.access_log:
-        middleware.append(Middleware(AccessLogMiddleware))
+    # Outermost first. The edge is outermost: metrics time every middleware and count the 413s and 500s they
+    # answer, and those answers carry the request id and security headers too.
+    middleware = [
+        Middleware(
+            EdgeMiddleware,
+            headers=security_headers(hsts=settings.app_env.is_deployed),
+            metrics=metrics,
+            access_log=AccessLog(logging.getLogger("svc.access")) if settings.access_log else None,
+        )
+    ]
     if not allows_any_host(settings.allowed_hosts):
-        # Inside the request id, header and access log middleware: a refused Host is answered and logged like any error.
+        # A refused Host is answered, counted and logged like any error.
         middleware.append(Middleware(HostMiddleware, allowed_hosts=settings.allowed_hosts))
-    middleware.append(Middleware(UnhandledErrorMiddleware))
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
     health = [
         Route("/health", Health(), methods=HEALTH_METHODS),

@@ -9,7 +9,7 @@ from starlette.types import Scope
 
 __all__ = ["UNMATCHED", "request_id", "route_template"]
 
-#: The current request's id; set by `RequestIdMiddleware`, read by logs and error bodies.
+#: The current request's id; set by `EdgeMiddleware`, read by logs and error bodies.
 request_id: ContextVar[str | None] = ContextVar("svc.request_id", default=None)
 
 #: The route template of a request that matched no route: unknown paths share it (bounded cardinality).

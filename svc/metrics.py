@@ -19,24 +19,20 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterable
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from svc.auth import authorization, bearer_matches, send_unauthorized
 from svc.process import alive
 from svc.settings import Settings
 
-__all__ = ["UNMATCHED", "Metrics", "MetricsEndpoint", "MetricsMiddleware", "run_directory"]
+__all__ = ["Metrics", "MetricsEndpoint", "run_directory"]
 
-#: The route label of requests that matched no route: unknown paths share it, so cardinality stays bounded.
-UNMATCHED = "<unmatched>"
 OTHER_METHOD = "<other>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 # Seconds; the service answers health checks in well under a millisecond, so the scale starts low.
@@ -112,7 +108,7 @@ def _default_base() -> Path:
 
 
 class Metrics:
-    """The service's metrics for one application: recorded by `MetricsMiddleware`, shown by `MetricsEndpoint`.
+    """The service's metrics for one application: recorded by `svc.middleware.EdgeMiddleware`, shown by `MetricsEndpoint`.
 
     Requests are tallied in plain Python (a list of bucket counts and a sum per method, route and
     status), which costs well under a microsecond, and turned into prometheus-client families only
@@ -363,59 +359,6 @@ class _BuildInfo:
             "The running version and environment.",
             {"version": self.settings.app_version, "environment": str(self.settings.app_env)},
         )
-
-
-class MetricsMiddleware:
-    """Count and time every HTTP request by method, route template and status.
-
-    The route template comes from the route Starlette matched (`scope["route"]`); requests
-    answered before the router (health fast paths, middleware refusals) are looked up among the
-    application's routes, parameterless ones from a table built once. Anything else is `<unmatched>`.
-    """
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-        self._static: dict[str, str] | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        metrics = self.metrics
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        metrics.in_flight += 1
-        start = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            elapsed = time.perf_counter() - start
-            metrics.in_flight -= 1
-            metrics.observe(scope["method"], self.template(scope), status, elapsed)
-
-    def template(self, scope: Scope) -> str:
-        """The route template of a handled request, never its raw path."""
-        route = scope.get("route")
-        if route is not None:
-            return getattr(route, "path", UNMATCHED)
-        static = self._static
-        app = scope.get("app")
-        routes = getattr(app, "routes", ()) if app is not None else ()
-        if static is None:
-            static = self._static = {r.path: r.path for r in routes if not getattr(r, "param_convertors", True)}
-        path: str = scope["path"]
-        if (template := static.get(path)) is not None:
-            return template
-        for candidate in routes:
-            if candidate.matches(scope)[0] is not Match.NONE:
-                return getattr(candidate, "path", UNMATCHED)
-        return UNMATCHED
 
 
 class MetricsEndpoint:

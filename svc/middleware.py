@@ -1,8 +1,9 @@
-"""Pure ASGI middleware, one concern per class, each doing no work a request does not need.
+"""svc's pure ASGI middleware, each layer doing no work a request does not need.
 
-Every layer costs each request a call and, when it watches the response, a wrapped `send`: the
-headers every response carries are added by one wrapper, and the health endpoints are reached
-without Starlette's exception middleware and router (`DirectRoutesMiddleware`).
+Every layer costs each request a call and, when it watches the response, a wrapped `send`: what
+every request gets (its id, the response headers, the last-resort 500, metrics and the access
+line) is done by one layer around one wrapper (`EdgeMiddleware`), and the health endpoints are
+reached without Starlette's exception middleware and router (`DirectRoutesMiddleware`).
 """
 
 from __future__ import annotations
@@ -13,22 +14,24 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from svc.context import request_id, route_template
 from svc.errors import ContentTooLarge, send_problem
-from svc.logging import AccessLog
+
+if TYPE_CHECKING:
+    from svc.logging import AccessLog
+    from svc.metrics import Metrics
 
 __all__ = [
     "HSTS_HEADER",
     "SECURITY_HEADERS",
-    "AccessLogMiddleware",
     "BodyLimitMiddleware",
     "DirectRoutesMiddleware",
-    "RequestIdMiddleware",
-    "UnhandledErrorMiddleware",
+    "EdgeMiddleware",
     "new_request_id",
     "security_headers",
 ]
@@ -55,99 +58,130 @@ def security_headers(*, hsts: bool) -> list[tuple[bytes, bytes]]:
 
 
 # Request ids: 128 random bits as 32 hex digits. One getrandom() call yields 256 of them (a system call
-# per request costs more than the rest of the id); a deque hands them out, safely across threads.
+# per request costs more than the rest of the id); a deque hands them out, safely across threads, each
+# with its response header made in the same batch.
 _ID_BATCH = 256
-_ids: deque[str] = deque()
+_ids: deque[tuple[str, tuple[bytes, bytes]]] = deque()
 os.register_at_fork(after_in_child=_ids.clear)  # a forked worker must never reuse its parent's ids
 
 
-def new_request_id() -> str:
-    """A new request id: 32 lowercase hex digits from the operating system's random source."""
+def new_request_id() -> tuple[str, tuple[bytes, bytes]]:
+    """A new request id (32 lowercase hex digits from the operating system's random source) and its `X-Request-ID` header."""
     try:
         return _ids.popleft()
     except IndexError:
         block = os.urandom(16 * _ID_BATCH).hex()
-        _ids.extend([block[i : i + 32] for i in range(32, len(block), 32)])
-        return block[:32]
+        _ids.extend(
+            [(rid, (b"x-request-id", rid.encode())) for rid in (block[i : i + 32] for i in range(0, len(block), 32))]
+        )
+        return _ids.popleft()
 
 
-class RequestIdMiddleware:
-    """Honour a well-formed inbound `X-Request-ID` or make one; expose it to logs; echo it on the response.
+class EdgeMiddleware:
+    """The outermost layer: what every HTTP request gets, once, around one wrapped `send`.
 
-    The same `send` wrapper adds `headers` (the security headers, from `create_app`) to every
-    response: one wrapper instead of one per header-adding concern.
+    - Its id: a well-formed inbound `X-Request-ID`, or a new one; in `svc.context.request_id`
+      for logs and error bodies, and echoed on the response.
+    - Its head's limits: more than `MAX_HEADER_COUNT` fields or `MAX_HEADER_BYTES` bytes is a 431.
+    - The response headers every answer carries (`headers`: the security headers, from `create_app`).
+    - The last resort: an exception that escaped everything inside is logged, its text never
+      sent, and answered with a problem+json 500 (which carries the headers above too).
+    - Its record: `metrics` counts and times it, `access_log` writes its line, each with the
+      status, route template and duration (and bytes sent) taken here.
+
+    These were five pure-ASGI classes. Each layer costs a request a coroutine call and, when it
+    watches the response, a `send` wrapper awaited twice: inside uvicorn 3-10 µs of CPU per layer,
+    more than a health endpoint's own work. What each concern does lives in its own module
+    (`svc.metrics`, `svc.logging`, `svc.errors`); this class only puts them around one call.
     """
 
-    def __init__(self, app: ASGIApp, *, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.app = app
         self.headers = list(headers)
+        self.metrics = metrics
+        self.access_log = access_log
+        self.logger = logging.getLogger("svc.errors")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid: str | None = None
-        headers = scope["headers"]
-        size = 0
-        for name, value in headers:
-            size += len(name) + len(value)
-            if name == b"x-request-id" and rid is None and _VALID_REQUEST_ID.fullmatch(value):
-                rid = value.decode()
-        if rid is None:
-            rid = new_request_id()
-        header = (b"x-request-id", rid.encode())
+        start = time.perf_counter()
+        rid, header, refusal = identify(scope["headers"])
         fixed = self.headers
+        metrics = self.metrics
+        log = self.access_log
+        if log is not None and not log.logger.isEnabledFor(logging.INFO):
+            log = None
+        status = 0
+        sent = 0
         token = request_id.set(rid)
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header, *fixed]
-            await send(message)
-
-        try:
-            if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT:
-                detail = f"The request headers exceed {MAX_HEADER_COUNT} fields or {MAX_HEADER_BYTES} bytes."
-                await send_problem(scope, send_with_headers, 431, detail)
-            else:
-                await self.app(scope, receive, send_with_headers)
-        finally:
-            request_id.reset(token)
-
-
-class AccessLogMiddleware:
-    """One access line per request, after the response: request id, method, path, route template, status,
-    duration and bytes sent (see `svc.logging.AccessLog`: no `LogRecord` on the usual path)."""
-
-    def __init__(self, app: ASGIApp, logger: logging.Logger | None = None) -> None:
-        self.app = app
-        self.log = AccessLog(logger or logging.getLogger("svc.access"))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.log.logger.isEnabledFor(logging.INFO):
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        status = 500
-        size = 0
-
-        async def send_and_measure(message: Message) -> None:
-            nonlocal status, size
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body":
-                size += len(message.get("body", b""))
+                message["headers"] = [*message.get("headers", ()), header, *fixed]
+            elif log is not None and message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
             await send(message)
 
+        if metrics is not None:
+            metrics.in_flight += 1
         try:
-            await self.app(scope, receive, send_and_measure)
+            if refusal is None:
+                await self.app(scope, receive, send_with_headers)
+            else:
+                await send_problem(scope, send_with_headers, 431, refusal)
+        except Exception:
+            # The text of an exception may hold data or secrets: it goes to the log only.
+            self.logger.exception("Unhandled error in %s %s", scope["method"], scope["path"])
+            if not status:  # once the headers are out, the server closes the connection: nothing else to say
+                await send_problem(scope, send_with_headers, 500, "The server encountered an unexpected error.")
         finally:
-            duration_us = int((time.perf_counter() - start) * 1_000_000)
-            self.log.write(
+            if metrics is not None:
+                metrics.in_flight -= 1
+            if metrics is not None or log is not None:
+                # No response at all: the server answers 500.
+                self.record(scope, status or 500, sent, time.perf_counter() - start, log)
+            request_id.reset(token)
+
+    def record(self, scope: Scope, status: int, sent: int, seconds: float, log: AccessLog | None) -> None:
+        """Tell the metrics and the access log (when on) about an answered request."""
+        route = route_template(scope)
+        if self.metrics is not None:
+            self.metrics.observe(scope["method"], route, status, seconds)
+        if log is not None:
+            log.write(
                 scope["method"],
                 scope["path"],
-                route=route_template(scope),
+                route=route,
                 status=status,
-                duration_us=duration_us,
-                size=size,
+                duration_us=int(seconds * 1_000_000),
+                size=sent,
             )
+
+
+def identify(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, tuple[bytes, bytes], str | None]:
+    """A request's id and `X-Request-ID` header (its own when well-formed), and why its head is refused (or None)."""
+    rid: str | None = None
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value)
+        if name == b"x-request-id" and rid is None and _VALID_REQUEST_ID.fullmatch(value):
+            rid = value.decode()
+    refusal = None
+    if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT:
+        refusal = f"The request headers exceed {MAX_HEADER_COUNT} fields or {MAX_HEADER_BYTES} bytes."
+    if rid is None:
+        return (*new_request_id(), refusal)
+    return rid, (b"x-request-id", rid.encode()), refusal
 
 
 class BodyLimitMiddleware:
@@ -180,39 +214,6 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, receive_limited, send)
-
-
-class UnhandledErrorMiddleware:
-    """Turn any exception that escaped the handlers into a generic problem+json 500, logged once.
-
-    Sits inside the request id and header middleware so the 500 carries them too; Starlette's
-    own `ServerErrorMiddleware` is outside all user middleware.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.logger = logging.getLogger("svc.errors")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = False
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_tracking)
-        except Exception:
-            # The text of an exception may hold data or secrets: it goes to the log only.
-            self.logger.exception("Unhandled error in %s %s", scope["method"], scope["path"])
-            if started:
-                # Headers are out; the server closes the connection. Nothing else to say.
-                return
-            await send_problem(scope, send, 500, "The server encountered an unexpected error.")
 
 
 class DirectRoutesMiddleware:

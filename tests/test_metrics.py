@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from svc.app import create_app
-from svc.metrics import UNMATCHED
+from svc.context import UNMATCHED
 from svc.settings import Settings
 from tests.conftest import ROOT, serve
 

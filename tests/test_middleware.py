@@ -93,9 +93,11 @@ def test_uvicorn_access_log_is_replaced_by_ours(client: httpx.AsyncClient) -> No
 
 
 def test_generated_request_ids_are_128_random_bits_and_unique() -> None:
-    ids = [new_request_id() for _ in range(2000)]  # several batches
+    made = [new_request_id() for _ in range(2000)]  # several batches
+    ids = [rid for rid, _ in made]
     assert len(set(ids)) == len(ids)
     assert all(GENERATED_ID.match(i) for i in ids)
+    assert all(header == (b"x-request-id", rid.encode()) for rid, header in made)
 
 
 # --- The access log line (issue 7), written without a LogRecord when svc's handler is the only destination -----------
