@@ -30,7 +30,13 @@ from svc.health import DatabaseHealth, Health, Liveness, Readiness
 from svc.hosts import HostMiddleware, allows_any_host
 from svc.logging import AccessLog, configure_logging, flush_access_log
 from svc.metrics import Metrics, MetricsEndpoint
-from svc.middleware import BodyLimitMiddleware, DirectRoutesMiddleware, EdgeMiddleware, security_headers
+from svc.middleware import (
+    BodyLimitMiddleware,
+    DirectRoutes,
+    DirectRoutesMiddleware,
+    EdgeMiddleware,
+    security_headers,
+)
 from svc.openapi import openapi_route
 from svc.settings import DEVELOPMENT_SECRET_KEY, ConfigError, Settings, load_settings
 from svc.shutdown import drain_on_signals
@@ -188,26 +194,29 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     if settings.secret_key == DEVELOPMENT_SECRET_KEY:
         logger.warning("SECRET_KEY is not set: using the fixed development key (allowed in %s only)", settings.app_env)
     metrics = Metrics(settings) if settings.metrics_enabled else None
-    # Outermost first. The edge is outermost: metrics time every middleware and count the 413s and 500s they
-    # answer, and those answers carry the request id and security headers too.
-    middleware = [
-        Middleware(
-            EdgeMiddleware,
-            headers=security_headers(hsts=settings.app_env.is_deployed),
-            metrics=metrics,
-            access_log=AccessLog(logging.getLogger("svc.access")) if settings.access_log else None,
-        )
-    ]
-    if not allows_any_host(settings.allowed_hosts):
-        # A refused Host is answered, counted and logged like any error.
-        middleware.append(Middleware(HostMiddleware, allowed_hosts=settings.allowed_hosts))
-    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
     health = [
         Route("/health", Health(), methods=HEALTH_METHODS),
         Route("/health/live", Liveness(), methods=HEALTH_METHODS),
         Route("/health/ready", Readiness(), methods=HEALTH_METHODS),
         Route("/health/db", DatabaseHealth(), methods=HEALTH_METHODS),
     ]
+    any_host = allows_any_host(settings.allowed_hosts)
+    # Outermost first. The edge is outermost: metrics time every middleware and count the 413s and 500s they
+    # answer, and those answers carry the request id and security headers too. With no Host check between
+    # them, it answers the health routes itself (requests without a body: nothing for the body limit to do).
+    middleware = [
+        Middleware(
+            EdgeMiddleware,
+            headers=security_headers(hsts=settings.app_env.is_deployed),
+            metrics=metrics,
+            access_log=AccessLog(logging.getLogger("svc.access")) if settings.access_log else None,
+            direct=DirectRoutes(health) if any_host else None,
+        )
+    ]
+    if not any_host:
+        # A refused Host is answered, counted and logged like any error.
+        middleware.append(Middleware(HostMiddleware, allowed_hosts=settings.allowed_hosts))
+    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
     app = Service(
         routes=[
             *health,

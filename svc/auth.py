@@ -50,8 +50,8 @@ def details_access(settings: Settings, scope: Scope) -> Access:
 
 async def send_unauthorized(
     scope: Scope, send: Send, challenge: bytes, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    """A 401 problem+json with `WWW-Authenticate: <challenge>`, never cached, plus `headers`."""
+) -> tuple[int, int]:
+    """A 401 problem+json with `WWW-Authenticate: <challenge>`, never cached, plus `headers`; its status and size."""
     body = encode_problem(401, "Unauthorized", detail, scope["path"])
     await send(
         {
@@ -67,3 +67,4 @@ async def send_unauthorized(
         }
     )
     await send({"type": "http.response.body", "body": body})
+    return 401, len(body)

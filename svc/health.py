@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -107,18 +108,22 @@ class Endpoint:
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.respond(scope, send, ())
+
+    async def respond(self, scope: Scope, send: Send, headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Answer, adding `headers` to the response (`svc.middleware.DirectEndpoint`); the status and body size."""
         start = _clock()
         values: dict[str, Any] = scope["app"].state._state
         access = details_access(values["settings"], scope)
         if access is Access.DENIED:
-            await send_unauthorized(
+            timing = (b"server-timing", server_timing(start))
+            return await send_unauthorized(
                 scope,
                 send,
                 b'Bearer realm="health"',
                 "The bearer token is not valid for this endpoint.",
-                [(b"server-timing", server_timing(start))],
+                [timing, *headers],
             )
-            return
         details = access is Access.SHOWN
         answer = self.answer_now(values, details=details)
         if answer is None:
@@ -134,10 +139,13 @@ class Endpoint:
                     (b"cache-control", b"no-store"),
                     (b"content-length", encoded.length),
                     (b"server-timing", server_timing(start, db_ms)),
+                    *headers,
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else encoded.body})
+        body = b"" if scope["method"] == "HEAD" else encoded.body
+        await send({"type": "http.response.body", "body": body})
+        return status, len(body)
 
     def answer_now(self, values: dict[str, Any], *, details: bool) -> Answer | None:
         """The answer from memory, or None when it needs `answer`."""
@@ -154,6 +162,10 @@ class Liveness:
     _LENGTH = str(len(BODY)).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.respond(scope, send, ())
+
+    async def respond(self, scope: Scope, send: Send, headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Answer, adding `headers` to the response (`svc.middleware.DirectEndpoint`); the status and body size."""
         start = _clock()
         await send(
             {
@@ -164,10 +176,13 @@ class Liveness:
                     (b"cache-control", b"no-store"),
                     (b"content-length", self._LENGTH),
                     (b"server-timing", server_timing(start)),
+                    *headers,
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.BODY})
+        body = b"" if scope["method"] == "HEAD" else self.BODY
+        await send({"type": "http.response.body", "body": body})
+        return 200, len(body)
 
 
 def migrations_check(schema: SchemaStatus, *, details: bool) -> Check:

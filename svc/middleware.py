@@ -14,7 +14,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +30,8 @@ __all__ = [
     "HSTS_HEADER",
     "SECURITY_HEADERS",
     "BodyLimitMiddleware",
+    "DirectEndpoint",
+    "DirectRoutes",
     "DirectRoutesMiddleware",
     "EdgeMiddleware",
     "new_request_id",
@@ -41,6 +43,8 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # what any real client sends, and refusing early bounds the work and memory a request can demand.
 MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 16_384
+# A request with neither has no body (RFC 9112 section 6.3).
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
@@ -77,6 +81,44 @@ def new_request_id() -> tuple[str, tuple[bytes, bytes]]:
         return _ids.popleft()
 
 
+class DirectEndpoint(Protocol):
+    """An endpoint `EdgeMiddleware` may answer with directly: one that adds given headers itself.
+
+    `respond` must send nothing until it has its whole answer, so that if it raises, nothing has
+    been sent yet (the edge then sends the 500).
+    """
+
+    async def respond(self, scope: Scope, send: Send, headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Answer the request, adding `headers` to the response; return its status and body size."""
+        ...
+
+
+class DirectRoutes:
+    """Plain ASGI routes without path parameters, chosen by exact path and method as the router would choose them.
+
+    The routes must come first in the application's routes, so that the router would pick them
+    too; a method they do not allow, a `root_path`, or any other path is left to the router.
+    """
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self.table: dict[str, tuple[Route, Any, frozenset[str]]] = {}
+        for route in routes:
+            if not isinstance(route, Route) or route.param_convertors or route.app is not route.endpoint:
+                raise ValueError(f"Not a plain ASGI route without path parameters: {route!r}")
+            self.table.setdefault(route.path, (route, route.app, frozenset(route.methods or ())))
+
+    def match(self, scope: Scope) -> Any | None:
+        """The endpoint for an HTTP request (recorded in `scope` as the router records it), or None."""
+        target = self.table.get(scope["path"])
+        if target is None or scope.get("root_path"):
+            return None
+        route, endpoint, methods = target
+        if methods and scope["method"] not in methods:
+            return None  # the router answers 405
+        scope["route"], scope["endpoint"], scope["path_params"] = route, endpoint, {}
+        return endpoint
+
+
 class EdgeMiddleware:
     """The outermost layer: what every HTTP request gets, once, around one wrapped `send`.
 
@@ -93,6 +135,11 @@ class EdgeMiddleware:
     watches the response, a `send` wrapper awaited twice: inside uvicorn 3-10 µs of CPU per layer,
     more than a health endpoint's own work. What each concern does lives in its own module
     (`svc.metrics`, `svc.logging`, `svc.errors`); this class only puts them around one call.
+
+    `direct` (the health routes, when nothing between the edge and them has work to do: no Host
+    check) are answered from here when the request has no body: their endpoints add the headers
+    and report the status themselves (`DirectEndpoint`), so the request skips the inner layers,
+    Starlette's routing and the `send` wrapper.
     """
 
     def __init__(
@@ -102,18 +149,27 @@ class EdgeMiddleware:
         headers: Iterable[tuple[bytes, bytes]] = (),
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
+        direct: DirectRoutes | None = None,
     ) -> None:
         self.app = app
         self.headers = list(headers)
         self.metrics = metrics
         self.access_log = access_log
+        self.direct = direct
+        for _, endpoint, _ in direct.table.values() if direct is not None else ():
+            if not callable(getattr(endpoint, "respond", None)):
+                raise ValueError(f"Not a DirectEndpoint (no respond method): {endpoint!r}")
         self.logger = logging.getLogger("svc.errors")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        rid, header, refusal = identify(scope["headers"])
+        rid, header, refusal, bodiless = identify(scope["headers"])
+        direct = self.direct
+        endpoint: DirectEndpoint | None = None
+        if direct is not None and bodiless and refusal is None:
+            endpoint = direct.match(scope)
         fixed = self.headers
         metrics = self.metrics
         log = self.access_log
@@ -135,7 +191,9 @@ class EdgeMiddleware:
         if metrics is not None:
             metrics.in_flight += 1
         try:
-            if refusal is None:
+            if endpoint is not None:
+                status, sent = await endpoint.respond(scope, send, [header, *fixed])
+            elif refusal is None:
                 await self.app(scope, receive, send_with_headers)
             else:
                 await send_problem(scope, send_with_headers, 431, refusal)
@@ -168,20 +226,25 @@ class EdgeMiddleware:
             )
 
 
-def identify(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, tuple[bytes, bytes], str | None]:
-    """A request's id and `X-Request-ID` header (its own when well-formed), and why its head is refused (or None)."""
+def identify(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, tuple[bytes, bytes], str | None, bool]:
+    """A request's id and `X-Request-ID` header (its own when well-formed), why its head is refused (or None),
+    and whether it comes without a body (neither `Content-Length` nor `Transfer-Encoding`)."""
     rid: str | None = None
     size = 0
+    bodiless = True
     for name, value in headers:
         size += len(name) + len(value)
-        if name == b"x-request-id" and rid is None and _VALID_REQUEST_ID.fullmatch(value):
-            rid = value.decode()
+        if name == b"x-request-id":
+            if rid is None and _VALID_REQUEST_ID.fullmatch(value):
+                rid = value.decode()
+        elif name in _BODY_HEADERS:
+            bodiless = False
     refusal = None
     if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT:
         refusal = f"The request headers exceed {MAX_HEADER_COUNT} fields or {MAX_HEADER_BYTES} bytes."
     if rid is None:
-        return (*new_request_id(), refusal)
-    return rid, (b"x-request-id", rid.encode()), refusal
+        return (*new_request_id(), refusal, bodiless)
+    return rid, (b"x-request-id", rid.encode()), refusal, bodiless
 
 
 class BodyLimitMiddleware:
@@ -222,26 +285,15 @@ class DirectRoutesMiddleware:
     Innermost: the request has passed every other middleware. It skips what Starlette does for
     every request it routes (the exception middleware builds a `Request` and wraps `send`; the
     router tries each route's regex in turn), which costs more than the health endpoints
-    themselves. The outcome is the router's: `routes` must come first in the application's routes,
-    a method they do not allow, a `root_path`, or any other path goes on to the router, and
-    `scope["route"]` is set as the router sets it. The endpoints must answer their own errors
-    (one that raises gets `UnhandledErrorMiddleware`'s 500, not an exception handler's answer).
+    themselves. The outcome is the router's (see `DirectRoutes`). The endpoints must answer their
+    own errors (one that raises gets the edge's 500, not an exception handler's answer).
     """
 
     def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute]) -> None:
         self.app = app
-        self.direct: dict[str, tuple[Route, ASGIApp, frozenset[str]]] = {}
-        for route in routes:
-            if not isinstance(route, Route) or route.param_convertors or route.app is not route.endpoint:
-                raise ValueError(f"Not a plain ASGI route without path parameters: {route!r}")
-            methods = frozenset(route.methods or ())
-            self.direct.setdefault(route.path, (route, route.app, methods))
+        self.direct = DirectRoutes(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (target := self.direct.get(scope["path"])) is None or scope.get("root_path"):
+        if scope["type"] != "http" or (endpoint := self.direct.match(scope)) is None:
             return await self.app(scope, receive, send)
-        route, endpoint, methods = target
-        if methods and scope["method"] not in methods:
-            return await self.app(scope, receive, send)  # the router answers 405
-        scope["route"], scope["endpoint"], scope["path_params"] = route, endpoint, {}
         await endpoint(scope, receive, send)
