@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from svc.app import create_app
+from svc.health import Health
 from svc.logging import configure_logging, flush_access_log
 from svc.middleware import new_request_id
 from svc.settings import Environment, Settings
@@ -98,6 +99,51 @@ def test_generated_request_ids_are_128_random_bits_and_unique() -> None:
     assert len(set(ids)) == len(ids)
     assert all(GENERATED_ID.match(i) for i in ids)
     assert all(header == (b"x-request-id", rid.encode()) for rid, header in made)
+
+
+# --- Health routes answered by the edge itself (no Host check, no body) and through the stack: the same answers ------
+
+
+@pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready", "/health/db"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_health_answers_the_same_whether_the_edge_answers_or_the_stack_does(
+    make_settings: Callable[..., Settings], path: str, method: str
+) -> None:
+    async with serve(create_app(make_settings())) as client:
+        direct = await client.request(method, path)
+        # A declared body (even an empty one) takes the request through the body limit and the inner layers.
+        routed = await client.request(method, path, headers={"Content-Length": "0"})
+        hosts = make_settings(allowed_hosts=("testserver",))
+    async with serve(create_app(hosts)) as checked_client:
+        checked = await checked_client.request(method, path)
+    for response in (routed, checked):
+        assert response.status_code == direct.status_code
+        assert response.headers.keys() == direct.headers.keys()
+        assert response.headers["content-type"] == direct.headers["content-type"]
+        if method == "HEAD":
+            assert response.content == direct.content == b""
+        else:  # the same shape (the values carry times and, for a second app, its own probe's results)
+            body, expected = response.json(), direct.json()
+            assert body.keys() == expected.keys()
+            assert body.get("checks", {}).keys() == expected.get("checks", {}).keys()
+
+
+async def test_an_error_in_a_health_endpoint_is_a_500_problem_with_the_usual_headers(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("password=hunter2")
+
+    monkeypatch.setattr(Health, "answer_now", broken)
+    async with serve(create_app(make_settings())) as client:
+        response = await client.get("/health")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["requestId"] == response.headers["x-request-id"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "hunter2" not in response.text
+    [logged] = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
+    assert logged.request_id == response.headers["x-request-id"]  # type: ignore[attr-defined]
 
 
 # --- The access log line (issue 7), written without a LogRecord when svc's handler is the only destination -----------
