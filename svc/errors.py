@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import msgspec
 from starlette.exceptions import HTTPException
@@ -125,17 +125,24 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     return problem_response(exc, request.url.path)
 
 
-async def send_problem(scope: Scope, send: Send, status: int, detail: str) -> None:
-    """Send a problem+json response from plain ASGI code (middleware that sits outside Starlette's handlers)."""
+async def send_problem(
+    scope: Scope, send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> int:
+    """Send a problem+json response (plus `headers`) from plain ASGI code, outside Starlette's handlers; its size."""
     body = encode_problem(status, _standard_title(status), detail, scope.get("path", ""))
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", PROBLEM_TYPE.encode()), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", PROBLEM_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+    return len(body)
 
 
 # Reason phrases renamed by RFC 9110 that older Pythons' http.HTTPStatus still spell the old way.

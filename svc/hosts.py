@@ -67,4 +67,4 @@ class HostMiddleware:
             await send({"type": "websocket.close", "code": 1008})  # policy violation
             return None
         # The detail never repeats the header: it is the client's input.
-        return await send_problem(scope, send, 400, DETAIL)
+        await send_problem(scope, send, 400, DETAIL)

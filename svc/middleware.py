@@ -166,63 +166,77 @@ class EdgeMiddleware:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         rid, header, refusal, bodiless = identify(scope["headers"])
+        headers = [header, *self.headers]
         direct = self.direct
-        endpoint: DirectEndpoint | None = None
-        if direct is not None and bodiless and refusal is None:
-            endpoint = direct.match(scope)
-        fixed = self.headers
+        endpoint = direct.match(scope) if direct is not None and bodiless and refusal is None else None
         metrics = self.metrics
-        log = self.access_log
-        if log is not None and not log.logger.isEnabledFor(logging.INFO):
-            log = None
-        status = 0
-        sent = 0
         token = request_id.set(rid)
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header, *fixed]
-            elif log is not None and message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
         if metrics is not None:
             metrics.in_flight += 1
+        status, size = 500, 0  # as the server answers when the app fails without answering
         try:
-            if endpoint is not None:
-                status, sent = await endpoint.respond(scope, send, [header, *fixed])
-            elif refusal is None:
-                await self.app(scope, receive, send_with_headers)
+            if endpoint is None:
+                status, size = await self.through(scope, receive, send, headers, refusal)
             else:
-                await send_problem(scope, send_with_headers, 431, refusal)
-        except Exception:
-            # The text of an exception may hold data or secrets: it goes to the log only.
-            self.logger.exception("Unhandled error in %s %s", scope["method"], scope["path"])
-            if not status:  # once the headers are out, the server closes the connection: nothing else to say
-                await send_problem(scope, send_with_headers, 500, "The server encountered an unexpected error.")
+                try:
+                    status, size = await endpoint.respond(scope, send, headers)
+                except Exception:  # noqa: BLE001 - logged by `failed`; nothing was sent yet (`DirectEndpoint`)
+                    status, size = await self.failed(scope, send, headers)
         finally:
             if metrics is not None:
                 metrics.in_flight -= 1
-            if metrics is not None or log is not None:
-                # No response at all: the server answers 500.
-                self.record(scope, status or 500, sent, time.perf_counter() - start, log)
+            if metrics is not None or self.access_log is not None:
+                self.record(scope, status, size, time.perf_counter() - start)
             request_id.reset(token)
 
-    def record(self, scope: Scope, status: int, sent: int, seconds: float, log: AccessLog | None) -> None:
+    async def through(
+        self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]], refusal: str | None
+    ) -> tuple[int, int]:
+        """The request through the inner layers, `send` wrapped to add `headers`; the status and body size."""
+        status = size = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, size
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *headers]
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            if refusal is None:
+                await self.app(scope, receive, send_with_headers)
+            else:
+                await send_problem(scope, send_with_headers, 431, refusal)
+        except Exception:  # noqa: BLE001 - logged by `failed`
+            return await self.failed(scope, send, headers, status, size)
+        return status or 500, size
+
+    async def failed(
+        self, scope: Scope, send: Send, headers: list[tuple[bytes, bytes]], status: int = 0, size: int = 0
+    ) -> tuple[int, int]:
+        """Log the exception being handled and answer a 500 problem, unless a response (`status`) has begun."""
+        # The text of an exception may hold data or secrets: it goes to the log only.
+        self.logger.exception("Unhandled error in %s %s", scope["method"], scope["path"])
+        if status:  # the headers are out: the server closes the connection, and there is nothing else to say
+            return status, size
+        return 500, await send_problem(scope, send, 500, "The server encountered an unexpected error.", headers)
+
+    def record(self, scope: Scope, status: int, size: int, seconds: float) -> None:
         """Tell the metrics and the access log (when on) about an answered request."""
         route = route_template(scope)
         if self.metrics is not None:
             self.metrics.observe(scope["method"], route, status, seconds)
-        if log is not None:
+        log = self.access_log
+        if log is not None and log.logger.isEnabledFor(logging.INFO):
             log.write(
                 scope["method"],
                 scope["path"],
                 route=route,
                 status=status,
                 duration_us=int(seconds * 1_000_000),
-                size=sent,
+                size=size,
             )
 
 
@@ -260,9 +274,11 @@ class BodyLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit():
-                    return await send_problem(scope, send, 400, "The Content-Length header is not a number.")
+                    await send_problem(scope, send, 400, "The Content-Length header is not a number.")
+                    return
                 if int(value) > self.max_bytes:
-                    return await send_problem(scope, send, 413, ContentTooLarge.detail)
+                    await send_problem(scope, send, 413, ContentTooLarge.detail)
+                    return
                 break
         received = 0
         limit = self.max_bytes
