@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -10,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from svc.context import request_id
-from svc.logging import configure_logging
+from svc.logging import AccessLog, configure_logging, flush_access_log
 
 
 @pytest.fixture
@@ -78,3 +80,54 @@ def test_configuring_twice_keeps_one_handler() -> None:
         logging.getLogger().removeHandler(handler)
     assert first.getvalue() == ""
     assert len(second.getvalue().splitlines()) == 1
+
+
+@contextlib.contextmanager
+def svc_handler_alone() -> Iterator[io.TextIOWrapper]:
+    """svc's handler alone on the root logger (pytest's capture set aside), writing to a text stream over bytes, as
+    stderr is. Entered in the test itself: pytest adds its capture handlers after fixtures have run."""
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [configure_logging("INFO", "json", stream)]
+    try:
+        yield stream
+    finally:
+        flush_access_log()
+        root.handlers = saved
+
+
+def lines_of(stream: io.TextIOWrapper) -> list[str]:
+    stream.flush()
+    buffer = stream.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return buffer.getvalue().decode().splitlines()
+
+
+def test_an_access_line_outside_an_event_loop_is_written_at_once() -> None:
+    with svc_handler_alone() as stream:
+        AccessLog(logging.getLogger("svc.access")).write("GET", "/x", route="/x", status=200, duration_us=1500, size=2)
+        [line] = lines_of(stream)  # no flush_access_log() first
+    assert json.loads(line)["message"] == "GET /x 200 1.500ms"
+
+
+async def test_access_lines_are_written_at_the_end_of_the_loop_iteration_after_earlier_text() -> None:
+    with svc_handler_alone() as stream:
+        log = AccessLog(logging.getLogger("svc.access"))
+        logging.getLogger("svc").warning("before")  # an ordinary record, through the text layer
+        for n in range(3):
+            log.write("GET", f"/p/{n}", route="/p/{n}", status=200, duration_us=n, size=0)
+        assert [json.loads(line)["message"] for line in lines_of(stream)] == ["before"]
+        await asyncio.sleep(0)  # the loop runs the flush it scheduled
+        messages = [json.loads(line)["message"] for line in lines_of(stream)]
+    assert messages == ["before", "GET /p/0 200 0.000ms", "GET /p/1 200 0.001ms", "GET /p/2 200 0.002ms"]
+
+
+def test_an_access_line_keeps_non_ascii_and_quotes_in_paths_as_json() -> None:
+    path = '/caf\u00e9/"q"'
+    with svc_handler_alone() as stream:
+        AccessLog(logging.getLogger("svc.access")).write(
+            "GET", path, route="<unmatched>", status=404, duration_us=1, size=0
+        )
+        [line] = lines_of(stream)
+    assert json.loads(line)["path"] == path
