@@ -357,8 +357,11 @@ class Server:
                 proc.wait()
 
 
-def svc_server(name: str, env: Mapping[str, str], cwd: Path, cpu: int | None = None) -> Server:
-    return Server(name, "svc.app:app", child_env(env), cwd, cpu)
+def svc_server(
+    name: str, env: Mapping[str, str], cwd: Path, cpu: int | None = None, app: str = "svc.app:app"
+) -> Server:
+    """svc (or `app`, an app of bench/ that builds svc) configured by `env`, as production runs it."""
+    return Server(name, app, child_env(env), cwd, cpu)  # child_env puts bench/ on the path
 
 
 def baseline_server(name: str, database_url: str, cwd: Path, cpu: int | None = None, pool_size: int = 5) -> Server:

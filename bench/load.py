@@ -71,13 +71,16 @@ class Scenario:
 
 BASELINE = "baseline /health (raw ASGI)"
 BASELINE_LIVE = "baseline /health/live (raw ASGI)"
+BARE = "baseline /health, 3 headers only (raw ASGI)"
 SCENARIOS = [
     Scenario(BASELINE, "baseline", "/health"),
     Scenario(BASELINE_LIVE, "baseline", "/health/live"),
-    Scenario("baseline /health, 3 headers only (raw ASGI)", "baseline", "/health-bare"),
+    Scenario(BARE, "baseline", "/health-bare"),
     Scenario("svc /health", "svc", "/health", BASELINE, "≥ 0.75, p99 ≤ 1.5x"),
     Scenario("svc /health/live", "svc", "/health/live", BASELINE_LIVE, "≥ 0.75, p99 ≤ 1.5x"),
     Scenario("svc /health, METRICS off", "svc-no-metrics", "/health", BASELINE, "≥ 0.75, p99 ≤ 1.5x"),
+    Scenario("svc's /health endpoint alone (no framework, no middleware)", "svc-endpoints", "/health", BASELINE),
+    Scenario("plain Starlette /health (no middleware)", "starlette", "/health", BARE),
     Scenario("svc /health/live, METRICS off", "svc-no-metrics", "/health/live", BASELINE_LIVE, "≥ 0.75, p99 ≤ 1.5x"),
     Scenario("svc /health/ready", "svc", "/health/ready", BASELINE_LIVE),
     Scenario("svc /health, ACCESS_LOG on", "svc-access-log", "/health", BASELINE, "≥ 0.55"),
@@ -89,9 +92,10 @@ SCENARIOS = [
 ]
 #: Extra ratios printed under the table: (scenario, reference).
 EXTRA_RATIOS = [
-    ("svc /health", "baseline /health, 3 headers only (raw ASGI)"),
-    ("svc /health, METRICS off", "baseline /health, 3 headers only (raw ASGI)"),
-    (BASELINE, "baseline /health, 3 headers only (raw ASGI)"),
+    ("svc /health", BARE),
+    ("svc /health", "svc's /health endpoint alone (no framework, no middleware)"),
+    ("svc /health, METRICS off", BARE),
+    (BASELINE, BARE),
     ("svc /health", "svc /health, METRICS off"),
     ("svc /health/db (TTL=0)", "baseline /health/db (pool, no reset: 1 RTT)"),
     ("svc /health/db (default TTL)", BASELINE),
@@ -282,6 +286,8 @@ def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
         ),
         "svc-access-log": svc_server("svc-access-log", production_env(database_url, ACCESS_LOG="true"), work, cpu),
         "svc-ttl0": svc_server("svc-ttl0", production_env(database_url, HEALTH_DB_CACHE_TTL="0"), work, cpu),
+        "svc-endpoints": svc_server("svc-endpoints", production_env(database_url), work, cpu, "svc_endpoints:app"),
+        "starlette": svc_server("starlette", {}, work, cpu, "plain_starlette:app"),
     }
     needed = [name for name in servers if any(s.server == name for s in run.scenarios)]
     run.results = {s.name: [] for s in run.scenarios}

@@ -10,14 +10,19 @@ import time
 
 __all__ = ["utc_now", "utc_text"]
 
-# (millisecond, its text), replaced as one object so threads never see a mismatched pair.
+# (millisecond, its text) and (second, its text), each replaced as one object so threads never see a mismatched pair.
 _cache: tuple[int, str] = (-1, "")
+_seconds: tuple[int, str] = (-1, "")
 
 
 def utc_text(epoch_ms: int) -> str:
     """`epoch_ms` (milliseconds since the epoch) as `YYYY-MM-DDTHH:MM:SS.mmmZ`."""
+    global _seconds
     seconds, ms = divmod(epoch_ms, 1000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{ms:03d}Z"
+    cached = _seconds
+    if cached[0] != seconds:  # strftime costs more than the rest: once a second
+        cached = _seconds = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{ms:03d}Z"
 
 
 def utc_now() -> str:
