@@ -15,9 +15,10 @@ from baseline import SVC_HEADERS
 from starlette.routing import Route
 
 from svc.app import create_app
+from svc.middleware import DirectEndpoint
 
 _svc = create_app()
-_endpoints = {route.path: route.app for route in _svc.routes if isinstance(route, Route)}
+_endpoints = {r.path: r.app for r in _svc.routes if isinstance(r, Route) and isinstance(r.app, DirectEndpoint)}
 # What svc's edge adds; the endpoints send their own Server-Timing.
 _EDGE_HEADERS = [header for header in SVC_HEADERS if header[0] != b"server-timing"]
 

@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -105,19 +106,23 @@ class _Lines:
     """Access lines waiting for the end of the current event-loop iteration, then written in one call.
 
     JSON entries are encoded straight into one buffer (`encode_into`): no bytes, str or list
-    item per line, which under load cost more than the encoding itself. The lines are written
-    as UTF-8, as JSON text must be (RFC 8259), to the binary stream under the handler's text
-    stream when it has one.
+    item per line, which under load cost more than the encoding itself. Lines, JSON and console
+    alike, are written as UTF-8 (as JSON text must be, RFC 8259) to the binary stream under the
+    handler's text stream when it has one. A lock guards the buffer: lines are added on the
+    event loop's thread, but a flush may come from any (`configure_logging`, `atexit`).
     """
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.handler: _SvcHandler | None = None
+        self.lock = threading.Lock()
 
     def _claim(self, handler: _SvcHandler) -> bool:
-        """Make `handler` the destination of the next line; True if that line must be written at once (no loop)."""
+        """Make `handler` the destination of the next line; True if that line must be written at once (no loop).
+
+        Called with `self.lock` held."""
         if self.handler is not handler:
-            self.flush()
+            self._write(*self._take())
             self.handler = handler
         if self.data:
             return False  # its flush is scheduled
@@ -128,23 +133,40 @@ class _Lines:
         return False
 
     def add_entry(self, handler: _SvcHandler, entry: AccessEntry) -> None:
-        now = self._claim(handler)
-        _encoder.encode_into(entry, self.data, -1)
-        self.data += b"\n"
+        with self.lock:
+            now = self._claim(handler)
+            data = self.data
+            end = len(data)
+            try:
+                _encoder.encode_into(entry, data, -1)
+            except BaseException:
+                del data[end:]  # no half line for the next one to follow
+                raise
+            data += b"\n"
         if now:
             self.flush()
 
     def add_text(self, handler: _SvcHandler, line: str) -> None:
-        now = self._claim(handler)
-        self.data += line.encode() + b"\n"
+        with self.lock:
+            now = self._claim(handler)
+            self.data += line.encode() + b"\n"
         if now:
             self.flush()
 
-    def flush(self) -> None:
+    def _take(self) -> tuple[_SvcHandler | None, bytearray]:
         handler, data = self.handler, self.data
+        self.data = bytearray()
+        return handler, data
+
+    def flush(self) -> None:
+        with self.lock:
+            handler, data = self._take()
+        self._write(handler, data)
+
+    @staticmethod
+    def _write(handler: _SvcHandler | None, data: bytearray) -> None:
         if not data or handler is None:
             return
-        self.data = bytearray()
         with handler.lock or contextlib.nullcontext():
             try:
                 stream = handler.stream

@@ -14,7 +14,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,12 +81,15 @@ def new_request_id() -> tuple[str, tuple[bytes, bytes]]:
         return _ids.popleft()
 
 
+@runtime_checkable
 class DirectEndpoint(Protocol):
-    """An endpoint `EdgeMiddleware` may answer with directly: one that adds given headers itself.
+    """A plain ASGI endpoint that can also answer for `EdgeMiddleware`, adding the edge's headers itself.
 
-    `respond` must send nothing until it has its whole answer, so that if it raises, nothing has
-    been sent yet (the edge then sends the 500).
+    `respond` must not raise once it has sent the response's start (the health endpoints compute
+    their answer first, then send): if it raises, the edge answers with the 500.
     """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
     async def respond(self, scope: Scope, send: Send, headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
         """Answer the request, adding `headers` to the response; return its status and body size."""
@@ -94,20 +97,22 @@ class DirectEndpoint(Protocol):
 
 
 class DirectRoutes:
-    """Plain ASGI routes without path parameters, chosen by exact path and method as the router would choose them.
+    """Routes to `DirectEndpoint`s without path parameters, chosen by exact path and method as the router would.
 
     The routes must come first in the application's routes, so that the router would pick them
     too; a method they do not allow, a `root_path`, or any other path is left to the router.
     """
 
     def __init__(self, routes: Sequence[BaseRoute]) -> None:
-        self.table: dict[str, tuple[Route, Any, frozenset[str]]] = {}
+        self.table: dict[str, tuple[Route, DirectEndpoint, frozenset[str]]] = {}
         for route in routes:
             if not isinstance(route, Route) or route.param_convertors or route.app is not route.endpoint:
                 raise ValueError(f"Not a plain ASGI route without path parameters: {route!r}")
+            if not isinstance(route.app, DirectEndpoint):
+                raise ValueError(f"Not a DirectEndpoint (no respond method): {route!r}")
             self.table.setdefault(route.path, (route, route.app, frozenset(route.methods or ())))
 
-    def match(self, scope: Scope) -> Any | None:
+    def match(self, scope: Scope) -> DirectEndpoint | None:
         """The endpoint for an HTTP request (recorded in `scope` as the router records it), or None."""
         target = self.table.get(scope["path"])
         if target is None or scope.get("root_path"):
@@ -117,6 +122,16 @@ class DirectRoutes:
             return None  # the router answers 405
         scope["route"], scope["endpoint"], scope["path_params"] = route, endpoint, {}
         return endpoint
+
+
+class _Response:
+    """What was sent of a response: its status (0 until it starts) and its body's size."""
+
+    __slots__ = ("size", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.size = 0
 
 
 class EdgeMiddleware:
@@ -131,9 +146,9 @@ class EdgeMiddleware:
     - Its record: `metrics` counts and times it, `access_log` writes its line, each with the
       status, route template and duration (and bytes sent) taken here.
 
-    These were five pure-ASGI classes. Each layer costs a request a coroutine call and, when it
-    watches the response, a `send` wrapper awaited twice: inside uvicorn, the five cost 3-5 µs of
-    CPU per request more than this one (bench/README.md), as much as a health endpoint's own work.
+    These were four pure-ASGI classes. Each layer costs a request a coroutine call and, when it
+    watches the response, a `send` wrapper awaited twice: inside uvicorn, merging them saved a few
+    µs of CPU per request, as much as a health endpoint's own work.
     What each concern does lives in its own module (`svc.metrics`, `svc.logging`, `svc.errors`);
     this class only puts them around one call.
 
@@ -157,9 +172,6 @@ class EdgeMiddleware:
         self.metrics = metrics
         self.access_log = access_log
         self.direct = direct
-        for _, endpoint, _ in direct.table.values() if direct is not None else ():
-            if not callable(getattr(endpoint, "respond", None)):
-                raise ValueError(f"Not a DirectEndpoint (no respond method): {endpoint!r}")
         self.logger = logging.getLogger("svc.errors")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -174,35 +186,43 @@ class EdgeMiddleware:
         token = request_id.set(rid)
         if metrics is not None:
             metrics.in_flight += 1
-        status, size = 500, 0  # as the server answers when the app fails without answering
+        response = _Response()
         try:
             if endpoint is None:
-                status, size = await self.through(scope, receive, send, headers, refusal)
+                await self.through(scope, receive, send, headers, refusal=refusal, response=response)
             else:
                 try:
-                    status, size = await endpoint.respond(scope, send, headers)
-                except Exception:  # noqa: BLE001 - logged by `failed`; nothing was sent yet (`DirectEndpoint`)
-                    status, size = await self.failed(scope, send, headers)
+                    response.status, response.size = await endpoint.respond(scope, send, headers)
+                except Exception:  # noqa: BLE001 - logged by `failed`
+                    await self.failed(scope, send, headers, response)
         finally:
-            if metrics is not None:
-                metrics.in_flight -= 1
-            if metrics is not None or self.access_log is not None:
-                self.record(scope, status, size, time.perf_counter() - start)
-            request_id.reset(token)
+            try:
+                if metrics is not None:
+                    metrics.in_flight -= 1
+                if metrics is not None or self.access_log is not None:
+                    # No response at all (or none begun when cancelled): the server answers 500.
+                    self.record(scope, response.status or 500, response.size, time.perf_counter() - start)
+            finally:
+                request_id.reset(token)
 
     async def through(
-        self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]], refusal: str | None
-    ) -> tuple[int, int]:
-        """The request through the inner layers, `send` wrapped to add `headers`; the status and body size."""
-        status = size = 0
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        refusal: str | None,
+        response: _Response,
+    ) -> None:
+        """The request through the inner layers, `send` wrapped to add `headers` and note what is sent in `response`."""
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, size
             if message["type"] == "http.response.start":
-                status = message["status"]
+                response.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *headers]
             elif message["type"] == "http.response.body":
-                size += len(message.get("body", b""))
+                response.size += len(message.get("body", b""))
             await send(message)
 
         try:
@@ -211,18 +231,16 @@ class EdgeMiddleware:
             else:
                 await send_problem(scope, send_with_headers, 431, refusal)
         except Exception:  # noqa: BLE001 - logged by `failed`
-            return await self.failed(scope, send, headers, status, size)
-        return status or 500, size
+            await self.failed(scope, send, headers, response)
 
-    async def failed(
-        self, scope: Scope, send: Send, headers: list[tuple[bytes, bytes]], status: int = 0, size: int = 0
-    ) -> tuple[int, int]:
-        """Log the exception being handled and answer a 500 problem, unless a response (`status`) has begun."""
+    async def failed(self, scope: Scope, send: Send, headers: list[tuple[bytes, bytes]], response: _Response) -> None:
+        """Log the exception being handled and answer a 500 problem, unless the response has begun."""
         # The text of an exception may hold data or secrets: it goes to the log only.
         self.logger.exception("Unhandled error in %s %s", scope["method"], scope["path"])
-        if status:  # the headers are out: the server closes the connection, and there is nothing else to say
-            return status, size
-        return 500, await send_problem(scope, send, 500, "The server encountered an unexpected error.", headers)
+        if response.status:  # the headers are out: the server closes the connection, and there is nothing else to say
+            return
+        detail = "The server encountered an unexpected error."
+        response.status, response.size = 500, await send_problem(scope, send, 500, detail, headers)
 
     def record(self, scope: Scope, status: int, size: int, seconds: float) -> None:
         """Tell the metrics and the access log (when on) about an answered request."""

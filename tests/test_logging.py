@@ -131,3 +131,15 @@ def test_an_access_line_keeps_non_ascii_and_quotes_in_paths_as_json() -> None:
         )
         [line] = lines_of(stream)
     assert json.loads(line)["path"] == path
+
+
+async def test_a_line_that_cannot_be_encoded_leaves_no_half_line_behind() -> None:
+    with svc_handler_alone() as stream:
+        log = AccessLog(logging.getLogger("svc.access"))
+        log.write("GET", "/ok/1", route="/ok/{n}", status=200, duration_us=1, size=0)
+        with pytest.raises(UnicodeEncodeError):  # a lone surrogate has no UTF-8
+            log.write("GET", "/bad/\udc80", route="<unmatched>", status=404, duration_us=1, size=0)
+        log.write("GET", "/ok/2", route="/ok/{n}", status=200, duration_us=1, size=0)
+        await asyncio.sleep(0)
+        paths = [json.loads(line)["path"] for line in lines_of(stream)]
+    assert paths == ["/ok/1", "/ok/2"]

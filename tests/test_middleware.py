@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -11,11 +12,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from svc.app import create_app
 from svc.health import Health
-from svc.logging import configure_logging, flush_access_log
-from svc.middleware import new_request_id
+from svc.logging import AccessLog, configure_logging, flush_access_log
+from svc.metrics import Metrics
+from svc.middleware import DirectRoutesMiddleware, EdgeMiddleware, new_request_id
 from svc.settings import Environment, Settings
 from tests.conftest import serve
 
@@ -104,18 +107,33 @@ def test_generated_request_ids_are_128_random_bits_and_unique() -> None:
 # --- Health routes answered by the edge itself (no Host check, no body) and through the stack: the same answers ------
 
 
+@pytest.fixture
+def stack_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the requests that reached `DirectRoutesMiddleware` (that the edge did not answer itself)."""
+    calls: list[str] = []
+    through = DirectRoutesMiddleware.__call__
+
+    async def spy(self: DirectRoutesMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+        calls.append(scope["path"])
+        await through(self, scope, receive, send)
+
+    monkeypatch.setattr(DirectRoutesMiddleware, "__call__", spy)
+    return calls
+
+
 @pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready", "/health/db"])
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_health_answers_the_same_whether_the_edge_answers_or_the_stack_does(
-    make_settings: Callable[..., Settings], path: str, method: str
+    make_settings: Callable[..., Settings], stack_calls: list[str], path: str, method: str
 ) -> None:
     async with serve(create_app(make_settings())) as client:
         direct = await client.request(method, path)
+        assert stack_calls == []  # answered by the edge
         # A declared body (even an empty one) takes the request through the body limit and the inner layers.
         routed = await client.request(method, path, headers={"Content-Length": "0"})
-        hosts = make_settings(allowed_hosts=("testserver",))
-    async with serve(create_app(hosts)) as checked_client:
-        checked = await checked_client.request(method, path)
+    async with serve(create_app(make_settings(allowed_hosts=("testserver",)))) as checked_client:
+        checked = await checked_client.request(method, path)  # the Host check sits between the edge and the route
+    assert stack_calls == [path, path]
     for response in (routed, checked):
         assert response.status_code == direct.status_code
         assert response.headers.keys() == direct.headers.keys()
@@ -128,15 +146,19 @@ async def test_health_answers_the_same_whether_the_edge_answers_or_the_stack_doe
             assert body.get("checks", {}).keys() == expected.get("checks", {}).keys()
 
 
+@pytest.mark.parametrize("extra", [{}, {"Content-Length": "0"}], ids=["answered by the edge", "through the stack"])
 async def test_an_error_in_a_health_endpoint_is_a_500_problem_with_the_usual_headers(
-    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    extra: dict[str, str],
 ) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("password=hunter2")
 
     monkeypatch.setattr(Health, "answer_now", broken)
     async with serve(create_app(make_settings())) as client:
-        response = await client.get("/health")
+        response = await client.get("/health", headers=extra)
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["requestId"] == response.headers["x-request-id"]
@@ -144,6 +166,29 @@ async def test_an_error_in_a_health_endpoint_is_a_500_problem_with_the_usual_hea
     assert "hunter2" not in response.text
     [logged] = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
     assert logged.request_id == response.headers["x-request-id"]  # type: ignore[attr-defined]
+
+
+async def test_a_response_cancelled_after_it_began_is_recorded_with_its_status_and_bytes(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    # As when uvicorn's graceful-shutdown timeout cancels a long response: what was sent is what is recorded.
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        raise asyncio.CancelledError
+
+    async def discard(message: Message) -> None:
+        pass
+
+    metrics = Metrics(make_settings())
+    edge = EdgeMiddleware(streaming, metrics=metrics, access_log=AccessLog(logging.getLogger("svc.access")))
+    scope: Scope = {"type": "http", "method": "GET", "path": "/stream", "headers": []}
+    caplog.set_level(logging.INFO, logger="svc.access")
+    with pytest.raises(asyncio.CancelledError):
+        await edge(scope, discard, discard)
+    assert list(metrics.series) == [("GET", "<unmatched>", 200)]
+    [line] = [r for r in caplog.records if r.name == "svc.access"]
+    assert (line.status, line.bytes) == (200, 3)  # type: ignore[attr-defined]
 
 
 # --- The access log line (issue 7), written without a LogRecord when svc's handler is the only destination -----------
