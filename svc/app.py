@@ -1,10 +1,10 @@
-"""The application factory, its routes and its lifespan. `uvicorn svc.app:app` serves `app`.
+"""The application: `create_app(settings)` builds it, and `uvicorn svc.app:app` serves `app`.
 
 Start-up is split so the server accepts connections early: importing this module and building the
 app touch neither SQLAlchemy nor asyncpg nor alembic, and the lifespan hands the database side
 (importing SQLAlchemy in a worker thread, the engine, the probe, the schema check) to a background
-task. `/health/live` answers at once; `/health/ready` waits for that task (within
-HEALTH_DB_TIMEOUT) and answers 503 'Starting up.' until it has finished.
+task. `/health/live` answers at once; the database-backed health endpoints wait for that task within
+their budget, and a handler that asks for the database meanwhile gets a 503 problem.
 """
 
 from __future__ import annotations
@@ -13,55 +13,29 @@ import asyncio
 import gc
 import logging
 import sys
-import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+import traceback
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
+from starlette.datastructures import State, URLPath
+from starlette.routing import BaseRoute
+from starlette.types import Receive, Scope, Send
 
-from svc.errors import ServiceError, handle_error
 from svc.health import DatabaseHealth, Health, Liveness, Readiness
-from svc.hosts import HostMiddleware, allows_any_host
+from svc.http.edge import Edge
+from svc.http.routing import Route, Router
 from svc.logging import AccessLog, configure_logging, flush_access_log
 from svc.metrics import Metrics, MetricsEndpoint
-from svc.middleware import (
-    BodyLimitMiddleware,
-    DirectRoutes,
-    DirectRoutesMiddleware,
-    EdgeMiddleware,
-    security_headers,
-)
 from svc.openapi import openapi_route
+from svc.runtime import Phase, Runtime
 from svc.settings import DEVELOPMENT_SECRET_KEY, ConfigError, Settings, load_settings
 from svc.shutdown import drain_on_signals
 
 __all__ = ["Service", "create_app", "lifespan", "started"]
 
 logger = logging.getLogger("svc")
-HEALTH_METHODS = ["GET", "HEAD"]
-
-
-class Service(Starlette):
-    """Starlette without its outermost `ServerErrorMiddleware` where that only repeats what the server does.
-
-    Without a handler for 500/`Exception` and without debug, that middleware answers an exception
-    with a plain-text 500 and raises it again for the server, which logs it and would have sent
-    the same 500 itself (uvicorn does). svc's `EdgeMiddleware` answers exceptions from
-    the routes with a problem+json 500 before either sees them. Dropped, it saves every request a
-    `send` wrapper: a few microseconds each under load, more than most of svc's own middleware.
-    """
-
-    def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        if isinstance(stack, ServerErrorMiddleware) and stack.handler is None and not stack.debug:
-            return stack.app
-        return stack
+HEALTH_METHODS = ("GET", "HEAD")
 
 
 def _import_database_modules() -> None:
@@ -74,8 +48,8 @@ def _import_database_modules() -> None:
     import svc.probe  # noqa: F401
 
 
-async def start_database(state: Any, settings: Settings, url: str, stack: AsyncExitStack) -> None:
-    """The lifespan's background start-up: engine, probe and schema check; then `state.phase` is "serving".
+async def start_database(runtime: Runtime, url: str, stack: AsyncExitStack) -> None:
+    """The lifespan's background start-up: engine, probe and schema check; then the phase is `SERVING`.
 
     Everything made here is undone by `stack` when the lifespan ends. The probe's connection is
     opened ahead of the first check, so that check measures a query, not a connect.
@@ -88,6 +62,7 @@ async def start_database(state: Any, settings: Settings, url: str, stack: AsyncE
     from svc.migrations import SchemaCheck
     from svc.probe import DatabaseProbe
 
+    settings = runtime.settings
     db = Database(url, settings)
     install_slow_query_log(db.sync_engine, settings.db_slow_query_ms)
     stack.push_async_callback(db.dispose)
@@ -106,11 +81,11 @@ async def start_database(state: Any, settings: Settings, url: str, stack: AsyncE
     stack.push_async_callback(probe.close)
     schema = SchemaCheck(connect, timeout=settings.health_db_timeout, ttl=settings.health_db_cache_ttl)
     stack.push_async_callback(schema.close)
-    state.db, state.probe, state.schema = db, probe, schema
+    runtime.db, runtime.probe, runtime.schema = db, probe, schema
     schema.start()
     probe.open_soon()
-    if state.phase == "starting":  # not if a signal has begun draining already
-        state.phase = "serving"
+    if runtime.phase is Phase.STARTING:  # not if a signal has begun draining already
+        runtime.phase = Phase.SERVING
     logger.info("svc %s started (%s)", settings.app_version, settings.app_env)
     freeze_heap()
 
@@ -128,12 +103,12 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-async def started(app: Starlette) -> bool:
+async def started(app: Service) -> bool:
     """Wait for the lifespan's background start-up to finish; whether it succeeded (bound it with `asyncio.timeout`).
 
     True at once when there is none (the lifespan has not run).
     """
-    task: asyncio.Task[None] | None = getattr(app.state, "startup", None)
+    task = app.runtime.startup
     if task is None:
         return True
     await asyncio.wait({task})
@@ -141,15 +116,15 @@ async def started(app: Starlette) -> bool:
 
 
 @asynccontextmanager
-async def lifespan(app: Starlette) -> AsyncIterator[None]:
+async def lifespan(app: Service) -> AsyncIterator[None]:
     """Start the database (embedded if no URL), create the engine, probe and schema check; undo it all on shutdown.
 
     The database need not be reachable: the service starts, and readiness reports it. The engine,
     probe and schema check are made by a background task (`start_database`), so the server
     accepts connections before SQLAlchemy has even been imported.
     """
-    state = app.state
-    settings: Settings = state.settings
+    runtime = app.runtime
+    settings = runtime.settings
     async with AsyncExitStack() as stack:
         url = settings.database_url
         if url is None:
@@ -160,87 +135,103 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             url = normalise_database_url(await asyncio.to_thread(embedded.start))
             stack.push_async_callback(asyncio.to_thread, embedded.stop)
         stack.callback(flush_access_log)
-        if state.metrics is not None:
-            await stack.enter_async_context(state.metrics.running(state))
-        stack.enter_context(drain_on_signals(state, settings.shutdown_drain_seconds))
-        startup = asyncio.create_task(start_database(state, settings, url, stack), name="svc-startup")
-        startup.add_done_callback(_report_failure(state))
-        state.startup = startup
+        if runtime.metrics is not None:
+            await stack.enter_async_context(runtime.metrics.running(runtime))
+        stack.enter_context(drain_on_signals(runtime, settings.shutdown_drain_seconds))
+        startup = asyncio.create_task(start_database(runtime, url, stack), name="svc-startup")
+        startup.add_done_callback(_report_failure(runtime))
+        runtime.startup = startup
         try:
             yield
         finally:
-            state.phase = "draining"
+            runtime.phase = Phase.DRAINING
             # Before the stack unwinds what start-up made: a start-up still running stops first.
             startup.cancel()
             await asyncio.wait({startup})
 
 
-def _report_failure(state: Any) -> Any:
+def _report_failure(runtime: Runtime) -> Callable[[asyncio.Task[None]], None]:
     def done(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
-            state.phase = "failed"
+            runtime.phase = Phase.FAILED
             logger.error("Start-up failed: readiness stays 503", exc_info=exc)
 
     return done
 
 
-def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
+Lifespan = Callable[["Service"], AbstractAsyncContextManager[None]]
+
+
+class Service:
+    """The ASGI application: lifespan messages run the lifespan; requests go through the edge to the router.
+
+    `runtime` holds what the lifespan makes; `state` is free for the service's own objects
+    (Starlette's `request.app.state`).
+    """
+
+    def __init__(self, runtime: Runtime, routes: Sequence[BaseRoute], *, lifespan: Lifespan = lifespan) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.router = Router(routes)
+        access_log = AccessLog(logging.getLogger("svc.access")) if settings.access_log else None
+        self.edge = Edge(self.router, settings, metrics=runtime.metrics, access_log=access_log)
+        self.lifespan_context = lifespan
+        self.state = State()
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return self.router.routes
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        return self.router.url_path_for(name, **path_params)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self
+        if scope["type"] == "lifespan":
+            return await self.lifespan(scope, receive, send)
+        await self.edge(scope, receive, send)
+
+    async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol around `lifespan_context` (a failed start-up is reported, then raised)."""
+        started = False
+        await receive()
+        try:
+            async with self.lifespan_context(self):
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()
+        except BaseException:
+            failed = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
+            await send({"type": failed, "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()) -> Service:
     """Build the application for `settings` (read from the environment when omitted).
 
-    `routes` are added after the built-in health routes.
+    `routes` come after the built-in health routes and `/metrics`, and before `/openapi.json`,
+    which describes them all.
     """
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
     if settings.secret_key == DEVELOPMENT_SECRET_KEY:
         logger.warning("SECRET_KEY is not set: using the fixed development key (allowed in %s only)", settings.app_env)
     metrics = Metrics(settings) if settings.metrics_enabled else None
-    health = [
-        Route("/health", Health(), methods=HEALTH_METHODS),
+    runtime = Runtime(settings, metrics)
+    builtin = [
+        Route("/health", Health(runtime), methods=HEALTH_METHODS),
         Route("/health/live", Liveness(), methods=HEALTH_METHODS),
-        Route("/health/ready", Readiness(), methods=HEALTH_METHODS),
-        Route("/health/db", DatabaseHealth(), methods=HEALTH_METHODS),
+        Route("/health/ready", Readiness(runtime), methods=HEALTH_METHODS),
+        Route("/health/db", DatabaseHealth(runtime), methods=HEALTH_METHODS),
     ]
-    any_host = allows_any_host(settings.allowed_hosts)
-    # Outermost first. The edge is outermost: metrics time every middleware and count the 413s and 500s they
-    # answer, and those answers carry the request id and security headers too. With no Host check between
-    # them, it answers the health routes itself (requests without a body: nothing for the body limit to do).
-    middleware = [
-        Middleware(
-            EdgeMiddleware,
-            headers=security_headers(hsts=settings.app_env.is_deployed),
-            metrics=metrics,
-            access_log=AccessLog(logging.getLogger("svc.access")) if settings.access_log else None,
-            direct=DirectRoutes(health) if any_host else None,
-        )
-    ]
-    if not any_host:
-        # A refused Host is answered, counted and logged like any error.
-        middleware.append(Middleware(HostMiddleware, allowed_hosts=settings.allowed_hosts))
-    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
-    app = Service(
-        routes=[
-            *health,
-            *([Route("/metrics", MetricsEndpoint(), methods=HEALTH_METHODS)] if metrics is not None else []),
-            *routes,
-        ],
-        # Innermost, after every other middleware: the health routes (first in the router) skip Starlette's
-        # exception middleware and router, which cost more than the endpoints themselves.
-        middleware=[*middleware, Middleware(DirectRoutesMiddleware, routes=health)],
-        exception_handlers={HTTPException: handle_error, ServiceError: handle_error},
-        lifespan=lifespan,
-    )
-    # After the other routes, so it can describe them all (and a route of the caller's may replace it).
-    app.router.routes.append(openapi_route(settings, app.routes))
-    # An unknown path is a 404 problem: no 307 to the slash-toggled path (with a Location built from the Host header).
-    app.router.redirect_slashes = False
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.started_monotonic = time.monotonic()
-    app.state.phase = "starting"
-    return app
+    if metrics is not None:
+        builtin.append(Route("/metrics", MetricsEndpoint(runtime, metrics), methods=HEALTH_METHODS))
+    described = [*builtin, *routes]
+    return Service(runtime, [*described, openapi_route(settings, described)])
 
 
-def __getattr__(name: str) -> Starlette:
+def __getattr__(name: str) -> Service:
     """Build `app` from the environment on first access (`uvicorn svc.app:app`), not at import.
 
     Importing `create_app` therefore reads no configuration, and invalid configuration gives

@@ -1,33 +1,40 @@
-"""Typed service errors and their single RFC 9457 `application/problem+json` rendering."""
+"""Typed service errors and their one RFC 9457 `application/problem+json` rendering.
+
+Handlers raise; the edge (`svc.http.edge`) turns whatever escaped into a response with `render`,
+so every error of every route has the same shape, the request id, and never an exception's text.
+"""
 
 from __future__ import annotations
 
 import http
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import msgspec
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import Scope, Send
 
 from svc.context import request_id
+from svc.http.responses import Encoded
 
 __all__ = [
+    "PROBLEM_TYPE",
     "BadRequest",
     "ContentTooLarge",
     "DatabaseError",
     "DatabaseUnavailable",
+    "HeaderFieldsTooLarge",
+    "MethodNotAllowed",
+    "NotFound",
     "Problem",
     "ServiceError",
     "ServiceUnavailable",
     "Unauthorized",
     "problem_response",
-    "send_problem",
+    "render",
 ]
 
 PROBLEM_TYPE = "application/problem+json"
+_PROBLEM_TYPE = PROBLEM_TYPE.encode()
 logger = logging.getLogger("svc.errors")
 _encoder = msgspec.json.Encoder()
 
@@ -44,7 +51,7 @@ class Problem(msgspec.Struct, kw_only=True):
 
 
 class ServiceError(Exception):
-    """Base of every error the service raises on purpose; rendered by `problem_response`."""
+    """Base of every error the service raises on purpose; rendered by `render`."""
 
     status: int = 500
     title: str = "Internal Server Error"
@@ -66,8 +73,21 @@ class Unauthorized(ServiceError):
     status, title, detail = 401, "Unauthorized", "Valid credentials are required."
 
 
+class NotFound(ServiceError):
+    status, title, detail = 404, "Not Found", "No resource exists at this path."
+
+
+class MethodNotAllowed(ServiceError):
+    status, title, detail = 405, "Method Not Allowed", "The method is not allowed for this resource."
+
+
 class ContentTooLarge(ServiceError):
     status, title, detail = 413, "Content Too Large", "The request body is larger than the server accepts."
+
+
+class HeaderFieldsTooLarge(ServiceError):
+    status, title = 431, "Request Header Fields Too Large"
+    detail = "The request headers are larger than the server accepts."
 
 
 class ServiceUnavailable(ServiceError):
@@ -91,58 +111,35 @@ def _standard_title(status: int) -> str:
         return "Error"
 
 
-def encode_problem(status: int, title: str, detail: str, instance: str, type_: str = "about:blank") -> bytes:
+def problem_response(
+    status: int, title: str, detail: str, instance: str, *, type_: str = "about:blank", headers: Mapping[str, str] | None = None
+) -> Encoded:
+    """A problem+json response for the current request (its id goes into the body)."""
     problem = Problem(
         type=type_, title=title, status=status, detail=detail, instance=instance, requestId=request_id.get()
     )
-    return _encoder.encode(problem)
+    encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+    return Encoded(_encoder.encode(problem), status, encoded, content_type=_PROBLEM_TYPE)
 
 
-def problem_response(exc: Exception, instance: str) -> Response:
-    """Render a `ServiceError` or a Starlette `HTTPException` as problem+json."""
+def render(exc: Exception, instance: str) -> Encoded:
+    """The answer to an exception that escaped a handler: its problem, or a 500 for anything unexpected.
+
+    A `ServiceError` of status 500 or more is logged with its cause's type, and anything unexpected
+    with its traceback; an exception's text is never sent (it may hold data or secrets).
+    """
     if isinstance(exc, ServiceError):
-        status, title, detail, type_, headers = exc.status, exc.title, exc.detail, exc.type, exc.headers
-    elif isinstance(exc, HTTPException):
-        status, title, headers, type_ = (
-            exc.status_code,
-            _standard_title(exc.status_code),
-            dict(exc.headers or {}),
-            "about:blank",
-        )
+        if exc.status >= 500:
+            cause = exc.__cause__
+            logger.warning("%s: %s", exc.title, type(cause).__name__ if cause else exc.detail)
+        return problem_response(exc.status, exc.title, exc.detail, instance, type_=exc.type, headers=exc.headers)
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        title = _standard_title(status)
         detail = exc.detail if exc.detail != title else _DEFAULT_DETAILS.get(status, title)
-    else:  # pragma: no cover - handlers are registered for the two types above only
-        raise TypeError(type(exc))
-    body = encode_problem(status, title, detail, instance, type_)
-    return Response(body, status_code=status, headers=headers, media_type=PROBLEM_TYPE)
-
-
-async def handle_error(request: Request, exc: Exception) -> Response:
-    """Starlette exception handler for `ServiceError` and `HTTPException`."""
-    if isinstance(exc, ServiceError) and exc.status >= 500:
-        # The cause may hold driver text or parameters: log its type, never its message.
-        cause = exc.__cause__
-        logger.warning("%s: %s", exc.title, type(cause).__name__ if cause else exc.detail)
-    return problem_response(exc, request.url.path)
-
-
-async def send_problem(
-    scope: Scope, send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()
-) -> int:
-    """Send a problem+json response (plus `headers`) from plain ASGI code, outside Starlette's handlers; its size."""
-    body = encode_problem(status, _standard_title(status), detail, scope.get("path", ""))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", PROBLEM_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-    return len(body)
+        return problem_response(status, title, detail, instance, headers=exc.headers or {})
+    logger.error("Unhandled error in a request to %s", instance, exc_info=exc)
+    return problem_response(500, "Internal Server Error", "The server encountered an unexpected error.", instance)
 
 
 # Reason phrases renamed by RFC 9110 that older Pythons' http.HTTPStatus still spell the old way.
@@ -153,7 +150,7 @@ _RFC9110_TITLES = {
     422: "Unprocessable Content",
 }
 _DEFAULT_DETAILS = {
-    404: "No resource exists at this path.",
-    405: "The method is not allowed for this resource.",
+    404: NotFound.detail,
+    405: MethodNotAllowed.detail,
     413: "The request body is larger than the server accepts.",
 }

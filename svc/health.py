@@ -1,40 +1,41 @@
-"""Health endpoints (IETF draft-inadarei-api-health-check-06) as plain ASGI callables.
+"""Health endpoints (IETF draft-inadarei-api-health-check-06): `/health/live`, `/health`, `/health/db`, `/health/ready`.
 
-They skip Starlette's Request/Response machinery: probes call them constantly, so what never
-changes is encoded once, and a body that only changes with the clock (to the millisecond) or with
-a new database result is encoded once per change and reused by every request in between.
+Probes call them constantly, so each answer is an `Encoded` response made once per change of what
+it says (the database result, the schema status, the millisecond for `/health`'s clock) and
+returned as is to every request in between. Every answer that consulted the database check
+carries `Server-Timing: db;dur=` (its query's latency).
 
-Every response carries `Server-Timing`: `app;dur=` (milliseconds the endpoint took) and, where the
-database check ran or was consulted, `db;dur=` (its query's latency).
+Each answer is bounded by `HEALTH_DB_TIMEOUT` from the request's arrival, waiting for start-up included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from starlette.types import Receive, Scope, Send
+from starlette.requests import Request
 
-from svc.auth import Access, details_access, send_unauthorized
+from svc.auth import Access, details_access, unauthorized
 from svc.clock import utc_now
+from svc.http.responses import Encoded
+from svc.runtime import Phase, Runtime
 
 if TYPE_CHECKING:
     from svc.db import PoolStats
     from svc.migrations import SchemaStatus
     from svc.probe import ProbeResult
 
-__all__ = ["DatabaseHealth", "Health", "Liveness", "Readiness", "server_timing"]
+__all__ = ["DatabaseHealth", "Health", "HealthBody", "Liveness", "Readiness"]
 
 SERVICE_ID = "svc"
 DESCRIPTION = "svc: Starlette service foundation on PostgreSQL"
 HEALTH_TYPE = b"application/health+json"
 POOL_WARN_USAGE = 0.8
+_NO_STORE = (b"cache-control", b"no-store")
 _encoder = msgspec.json.Encoder()
 _SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
-_clock = time.perf_counter
 
 
 class Check(msgspec.Struct, omit_defaults=True):
@@ -65,124 +66,31 @@ def worst(*statuses: str) -> str:
     return max(statuses, key=_SEVERITY.__getitem__)
 
 
-# `app;dur=` values for durations under a millisecond, by whole microseconds: formatting a float costs
-# more than a health endpoint's own work.
-_APP_DUR = [b"app;dur=0.%03d" % us for us in range(1000)]
-_db_dur: tuple[float | None, bytes] = (None, b"")
+def health_response(body: bytes, status: int = 200, db_ms: float | None = None) -> Encoded:
+    """A health+json answer, never cached; `db_ms` becomes `Server-Timing: db;dur=`."""
+    headers = [_NO_STORE]
+    if db_ms is not None:
+        headers.append((b"server-timing", b"db;dur=%.3f" % db_ms))
+    return Encoded(body, status, headers, content_type=HEALTH_TYPE)
 
 
-def server_timing(start: float, db_ms: float | None = None) -> bytes:
-    """A `Server-Timing` value: `app;dur=` (ms) since `start` (a `perf_counter()` reading), and `db;dur=` if given."""
-    global _db_dur
-    us = int((_clock() - start) * 1_000_000)
-    app = _APP_DUR[us] if us < 1000 else b"app;dur=%d.%03d" % divmod(us, 1000)
-    if db_ms is None:
-        return app
-    cached = _db_dur
-    if cached[0] != db_ms:
-        cached = _db_dur = (db_ms, b", db;dur=%.3f" % db_ms)
-    return app + cached[1]
+def failure(output: str, *, details: bool, db_ms: float | None = None) -> Encoded:
+    """A 503 `fail` answer, saying why only with details."""
+    body = HealthBody(status="fail", output=output) if details else HealthBody(status="fail")
+    return health_response(_encoder.encode(body), 503, db_ms)
 
 
-class Encoded:
-    """A body and its `Content-Length`, encoded once."""
-
-    __slots__ = ("body", "length")
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = str(len(body)).encode()
-
-
-#: What an endpoint answers: status, body, and the database latency it consulted (for `db;dur`).
-Answer = tuple[int, Encoded, "float | None"]
-
-
-class Endpoint:
-    """Base of the guarded health endpoints: reads settings and runtime objects from `app.state`.
-
-    `app.state` is read through its underlying dict (what Starlette's `State` keeps its attributes
-    in): `State.__getattr__` costs more per read than everything else these endpoints do. A
-    subclass answers from what is in memory in `answer_now` (no await), or returns None there and
-    answers in `answer`, which may wait (for the database).
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.respond(scope, send, ())
-
-    async def respond(self, scope: Scope, send: Send, headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, int]:
-        """Answer, adding `headers` to the response (`svc.middleware.DirectEndpoint`); the status and body size."""
-        start = _clock()
-        values: dict[str, Any] = scope["app"].state._state
-        access = details_access(values["settings"], scope)
-        if access is Access.DENIED:
-            timing = (b"server-timing", server_timing(start))
-            return await send_unauthorized(
-                scope,
-                send,
-                b'Bearer realm="health"',
-                "The bearer token is not valid for this endpoint.",
-                [timing, *headers],
-            )
-        details = access is Access.SHOWN
-        answer = self.answer_now(values, details=details)
-        if answer is None:
-            answer = await self.answer(values, details=details)
-        # Sent from here (no helper coroutine): each coroutine call is a measurable part of a health answer.
-        status, encoded, db_ms = answer
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", HEALTH_TYPE),
-                    (b"cache-control", b"no-store"),
-                    (b"content-length", encoded.length),
-                    (b"server-timing", server_timing(start, db_ms)),
-                    *headers,
-                ],
-            }
-        )
-        body = b"" if scope["method"] == "HEAD" else encoded.body
-        await send({"type": "http.response.body", "body": body})
-        return status, len(body)
-
-    def answer_now(self, values: dict[str, Any], *, details: bool) -> Answer | None:
-        """The answer from memory, or None when it needs `answer`."""
-        return None
-
-    async def answer(self, values: dict[str, Any], *, details: bool) -> Answer:
-        raise NotImplementedError
+_PASS = _encoder.encode(HealthBody(status="pass"))
 
 
 class Liveness:
     """`/health/live`: the process answers. No I/O, ever."""
 
-    BODY = _encoder.encode(HealthBody(status="pass"))
-    _LENGTH = str(len(BODY)).encode()
+    def __init__(self) -> None:
+        self.response = health_response(_PASS)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.respond(scope, send, ())
-
-    async def respond(self, scope: Scope, send: Send, headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, int]:
-        """Answer, adding `headers` to the response (`svc.middleware.DirectEndpoint`); the status and body size."""
-        start = _clock()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", HEALTH_TYPE),
-                    (b"cache-control", b"no-store"),
-                    (b"content-length", self._LENGTH),
-                    (b"server-timing", server_timing(start)),
-                    *headers,
-                ],
-            }
-        )
-        body = b"" if scope["method"] == "HEAD" else self.BODY
-        await send({"type": "http.response.body", "body": body})
-        return 200, len(body)
+    async def __call__(self, request: Request) -> Encoded:
+        return self.response
 
 
 def migrations_check(schema: SchemaStatus, *, details: bool) -> Check:
@@ -239,49 +147,59 @@ def database_checks(
     return checks
 
 
-async def schema_status(values: dict[str, Any], result: ProbeResult) -> SchemaStatus | None:
-    """The schema check: from memory once at head, or while the database check fails; else (re-)read."""
-    last: SchemaStatus | None = values["schema"].last
-    if (last is not None and last.status == "pass") or result.status == "fail":
-        return last
-    status: SchemaStatus = await values["schema"].check()
-    return status
+class Guarded:
+    """Base of the endpoints whose details `HEALTH_SHOW_DETAILS` guards: a wrong token is a 401.
 
+    A subclass answers from memory in `answer_now` (no await), or returns None there and answers
+    in `answer`, which may wait for start-up and the database until `deadline` (a `loop.time()`).
+    """
 
-class _Cache:
-    """The last body built for one key (compared by value; results compare by identity first), and its status."""
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
-    __slots__ = ("encoded", "key", "status")
+    async def __call__(self, request: Request) -> Encoded:
+        access = details_access(self.runtime.settings, request)
+        if access is Access.DENIED:
+            raise unauthorized('Bearer realm="health"')
+        details = access is Access.SHOWN
+        response = self.answer_now(details=details)
+        if response is None:
+            deadline = asyncio.get_running_loop().time() + self.runtime.settings.health_db_timeout
+            response = await self.answer(details=details, deadline=deadline)
+        return response
 
-    def __init__(self) -> None:
-        self.key: tuple[Any, ...] | None = None
-        self.encoded = Encoded(b"")
-        self.status = 200
-
-
-#: How long `/health/ready` and `/health/db` wait for the lifespan's background start-up (imports, engine)
-#: before answering 503 'Starting up.': it takes a fraction of a second, so they normally wait and then check.
-STARTUP_WAIT_S = 2.0
-
-
-async def wait_started(values: dict[str, Any]) -> str:
-    """The phase, once the lifespan's background start-up has finished (waiting up to `STARTUP_WAIT_S`)."""
-    phase: str = values["phase"]
-    if phase == "starting" and (startup := values.get("startup")) is not None:
-        await asyncio.wait({startup}, timeout=STARTUP_WAIT_S)
-        phase = values["phase"]
-    return phase
-
-
-def not_serving(phase: str) -> str | None:
-    """Why the service is not ready in `phase`, or None while serving."""
-    if phase == "serving":
+    def answer_now(self, *, details: bool) -> Encoded | None:
+        """The answer from memory, or None when it needs `answer`."""
         return None
-    if phase == "draining":
-        return "Shutting down."
-    if phase == "failed":
-        return "Start-up failed (see the log)."
-    return "Starting up."
+
+    async def answer(self, *, details: bool, deadline: float) -> Encoded:
+        raise NotImplementedError
+
+    async def check_database(self, deadline: float) -> ProbeResult:
+        """The probe's result, waited for until `deadline` at most (the check goes on for the next caller)."""
+        probe = self.runtime.probe
+        assert probe is not None, "checked once started"
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await probe.check()
+        except TimeoutError:
+            from svc.probe import ProbeResult, describe_failure
+
+            timeout = self.runtime.settings.health_db_timeout
+            return ProbeResult("fail", utc_now(), time.monotonic(), output=describe_failure(TimeoutError(), timeout))
+
+    async def schema_status(self, result: ProbeResult, deadline: float) -> SchemaStatus | None:
+        """The schema check: from memory once at head, or while the database check fails; else (re-)read."""
+        schema = self.runtime.schema
+        assert schema is not None, "checked once started"
+        last = schema.last
+        if (last is not None and last.status == "pass") or result.status == "fail":
+            return last
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await schema.check()
+        except TimeoutError:
+            return schema.last
 
 
 # Stand-ins encoded into a /health template, replaced by the current time and uptime (msgspec
@@ -293,63 +211,62 @@ _UPTIME_JSON = _encoder.encode(_UPTIME)
 
 
 class _HealthCache:
-    """For one details setting: the template for the last results, and the body made from it this millisecond."""
+    """For one details setting: the template for the last results, and the answer made from it this millisecond."""
 
-    __slots__ = ("encoded", "key", "ms", "template")
+    __slots__ = ("key", "ms", "response", "template")
 
     def __init__(self) -> None:
         self.key: tuple[Any, ...] | None = None
         self.template = b""
         self.ms = -1
-        self.encoded = Encoded(b"")
+        self.response = health_response(b"")
 
 
-class Health(Endpoint):
-    """`/health`: service identity, uptime, and the last database and schema results (from cache, no query).
+class Health(Guarded):
+    """`/health`: service identity, uptime, and the last database and schema results (from memory, no query).
 
     The body is encoded once per change of the last results (and, with details, of the pool's
     counters) as a template; each millisecond, the current time and uptime are put into it, and
-    every request within that millisecond gets the same bytes.
+    every request within that millisecond gets the same response.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
         self._caches = {True: _HealthCache(), False: _HealthCache()}
 
-    def answer_now(self, values: dict[str, Any], *, details: bool) -> Answer:
-        probe = values.get("probe")
+    def answer_now(self, *, details: bool) -> Encoded:
+        runtime = self.runtime
+        probe, db = runtime.probe, runtime.db
         last: ProbeResult | None = None if probe is None else probe.last
-        schema: SchemaStatus | None = None if last is None else values["schema"].last
-        pool = values["db"].pool_stats() if details and last is not None else None
+        schema = None if last is None or runtime.schema is None else runtime.schema.last
+        pool = db.pool_stats() if details and last is not None and db is not None else None
         key = (last, schema, pool)
         cache = self._caches[details]
         if cache.key != key:
-            cache.template, cache.key, cache.ms = self.encode(values, last, schema, pool, details=details), key, -1
+            cache.template, cache.key, cache.ms = self.encode(last, schema, pool, details=details), key, -1
         ms = time.time_ns() // 1_000_000
         if cache.ms != ms:
-            uptime = round(time.monotonic() - values["started_monotonic"], 3)
+            uptime = round(time.monotonic() - runtime.started_monotonic, 3)
             body = cache.template.replace(_NOW_JSON, _encoder.encode(utc_now())).replace(
                 _UPTIME_JSON, _encoder.encode(uptime)
             )
-            cache.encoded, cache.ms = Encoded(body), ms
-        return 200, cache.encoded, None if last is None else last.latency_ms
+            cache.response, cache.ms = health_response(body, db_ms=None if last is None else last.latency_ms), ms
+        return cache.response
 
-    @staticmethod
     def encode(
-        values: dict[str, Any],
+        self,
         last: ProbeResult | None,
         schema: SchemaStatus | None,
         pool: PoolStats | None,
         *,
         details: bool,
-        now: str = _NOW,
-        uptime: float | str = _UPTIME,
     ) -> bytes:
-        """The body; by default a template, with stand-ins for the current time and uptime."""
-        settings = values["settings"]
-        checks = {"uptime": [Check("system", "pass", now, observedValue=uptime, observedUnit="s")]}
+        """The body's template, with stand-ins for the current time and uptime."""
+        settings = self.runtime.settings
+        checks = {"uptime": [Check("system", "pass", _NOW, observedValue=_UPTIME, observedUnit="s")]}
         status = "pass"
         if last is not None:
-            checks.update(database_checks(last, pool, details=details, schema=schema, now=now))
+            checks.update(database_checks(last, pool, details=details, schema=schema, now=_NOW))
             ok = last.status == "pass" and (schema is None or schema.status == "pass")
             status = "pass" if ok else "warn"
         body = HealthBody(
@@ -364,61 +281,59 @@ class Health(Endpoint):
         return _encoder.encode(body)
 
 
-def failure(output: str, *, details: bool) -> Encoded:
-    """A `fail` body, saying why only with details."""
-    return Encoded(_encoder.encode(HealthBody(status="fail", output=output) if details else HealthBody(status="fail")))
+class _Cache:
+    """The last answer made for one key (compared by value; results compare by identity first)."""
+
+    __slots__ = ("key", "response")
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.response = health_response(b"")
 
 
-_STARTING = {True: failure("Starting up.", details=True), False: failure("Starting up.", details=False)}
-
-
-class DatabaseHealth(Endpoint):
+class DatabaseHealth(Guarded):
     """`/health/db`: a bounded, single-flight, cached database check. 503 on `fail`.
 
     `postgresql:migrations` is `warn` while the schema is not at the scripts' head. Between two
-    measurements (`HEALTH_DB_CACHE_TTL`) the body is reused unless details show the pool's counters.
+    measurements (`HEALTH_DB_CACHE_TTL`) the answer is reused unless details show the pool's counters.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
         self._caches = {True: _Cache(), False: _Cache()}
 
-    def answer_now(self, values: dict[str, Any], *, details: bool) -> Answer | None:
-        probe = values.get("probe")
-        if probe is None or values["phase"] == "starting":
+    def answer_now(self, *, details: bool) -> Encoded | None:
+        runtime = self.runtime
+        if runtime.probe is None or runtime.schema is None or runtime.phase is Phase.STARTING:
             return None
-        result = probe.fresh()
+        result = runtime.probe.fresh()
         if result is None:
             return None
-        schema: SchemaStatus | None = values["schema"].last
+        schema = runtime.schema.last
         if result.status != "fail" and (schema is None or schema.status != "pass"):
             return None  # the schema check may read the database
-        return self.encoded(result, schema, values, details=details)
+        return self.encoded(result, schema, details=details)
 
-    async def answer(self, values: dict[str, Any], *, details: bool) -> Answer:
-        probe = values.get("probe")
-        if probe is None or values["phase"] == "starting":
-            phase = await wait_started(values)
-            probe = values.get("probe")
-            if probe is None or phase == "starting":
-                why = not_serving(phase) or "Starting up."
-                return 503, _STARTING[details] if why == "Starting up." else failure(why, details=details), None
-        result: ProbeResult = await probe.check()
-        return self.encoded(result, await schema_status(values, result), values, details=details)
+    async def answer(self, *, details: bool, deadline: float) -> Encoded:
+        phase = await self.runtime.wait_started(deadline)
+        if self.runtime.probe is None or phase is Phase.STARTING or phase is Phase.FAILED:
+            return failure(phase.reason or Phase.STARTING.reason, details=details)
+        result = await self.check_database(deadline)
+        return self.encoded(result, await self.schema_status(result, deadline), details=details)
 
-    def encoded(
-        self, result: ProbeResult, schema: SchemaStatus | None, values: dict[str, Any], *, details: bool
-    ) -> Answer:
+    def encoded(self, result: ProbeResult, schema: SchemaStatus | None, *, details: bool) -> Encoded:
         pool: PoolStats | None = None
         key: tuple[Any, ...] = (result, schema)
         if details:
-            pool = values["db"].pool_stats()
+            assert self.runtime.db is not None, "made before the probe"
+            pool = self.runtime.db.pool_stats()
             key = (result, schema, pool, time.time_ns() // 1_000_000)  # the pool's check carries a time
         cache = self._caches[details]
         if cache.key != key:
             body = self.body(result, schema, pool, details=details)
-            cache.encoded, cache.key = Encoded(_encoder.encode(body)), key
-            cache.status = 503 if body.status == "fail" else 200
-        return cache.status, cache.encoded, result.latency_ms
+            status = 503 if body.status == "fail" else 200
+            cache.response, cache.key = health_response(_encoder.encode(body), status, result.latency_ms), key
+        return cache.response
 
     @staticmethod
     def body(result: ProbeResult, schema: SchemaStatus | None, pool: PoolStats | None, *, details: bool) -> HealthBody:
@@ -431,33 +346,37 @@ class DatabaseHealth(Endpoint):
         return body
 
 
-_READY = Encoded(_encoder.encode(HealthBody(status="pass")))
-
-
-class Readiness(Endpoint):
+class Readiness(Guarded):
     """`/health/ready`: 200 only while started, not draining, the database answers, and its schema is at head."""
 
-    def answer_now(self, values: dict[str, Any], *, details: bool) -> Answer | None:
-        if values["phase"] != "serving":
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        self._ready: tuple[float | None, Encoded] = (None, health_response(_PASS))
+
+    def ready(self, db_ms: float | None) -> Encoded:
+        """The 200 answer, made once per database latency."""
+        if self._ready[0] != db_ms:
+            self._ready = (db_ms, health_response(_PASS, 200, db_ms))
+        return self._ready[1]
+
+    def answer_now(self, *, details: bool) -> Encoded | None:
+        runtime = self.runtime
+        if runtime.phase is not Phase.SERVING or runtime.probe is None or runtime.schema is None:
             return None
-        result = values["probe"].fresh()
-        schema: SchemaStatus | None = values["schema"].last
+        result = runtime.probe.fresh()
+        schema = runtime.schema.last
         if result is None or result.status == "fail" or schema is None or schema.status != "pass":
             return None
-        return 200, _READY, result.latency_ms
+        return self.ready(result.latency_ms)
 
-    async def answer(self, values: dict[str, Any], *, details: bool) -> Answer:
-        phase = values["phase"]
-        if phase == "starting":
-            phase = await wait_started(values)
-        output = not_serving(phase)
-        db_ms: float | None = None
-        if output is None:
-            result: ProbeResult = await values["probe"].check()
-            db_ms = result.latency_ms
-            output = result.output if result.status == "fail" else None
-            if output is None and (schema := await schema_status(values, result)) is not None:
-                output = schema.output
-        if output is None:
-            return 200, _READY, db_ms
-        return 503, failure(output, details=details), db_ms
+    async def answer(self, *, details: bool, deadline: float) -> Encoded:
+        phase = await self.runtime.wait_started(deadline)
+        if phase is not Phase.SERVING:
+            return failure(phase.reason, details=details)
+        result = await self.check_database(deadline)
+        if result.status == "fail":
+            return failure(result.output or "The database check failed.", details=details, db_ms=result.latency_ms)
+        schema = await self.schema_status(result, deadline)
+        if schema is not None and schema.output is not None:
+            return failure(schema.output, details=details, db_ms=result.latency_ms)
+        return self.ready(result.latency_ms)

@@ -23,13 +23,17 @@ from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterable
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.requests import Request
 
-from svc.auth import authorization, bearer_matches, send_unauthorized
+from svc.auth import bearer_matches, unauthorized
+from svc.http.responses import Encoded
 from svc.process import alive
 from svc.settings import Settings
+
+if TYPE_CHECKING:
+    from svc.runtime import Runtime
 
 __all__ = ["Metrics", "MetricsEndpoint", "run_directory"]
 
@@ -118,7 +122,7 @@ class Metrics:
     """
 
     def __init__(self, settings: Settings) -> None:
-        if settings.health_show_details != "always" and settings.health_token is None:
+        if not settings.health_show_details.public and settings.health_token is None:
             logger.warning(
                 "HEALTH_TOKEN is not set: /metrics will refuse every scrape (HEALTH_SHOW_DETAILS is not 'always')"
             )
@@ -369,40 +373,17 @@ class MetricsEndpoint:
     are never public in such a deployment. `METRICS_ENABLED=false` removes the route altogether.
     """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope["app"].state
-        settings: Settings = state.settings
-        if settings.health_show_details != "always":
-            header = authorization(scope)
-            if header is None or not bearer_matches(header, settings.health_token):
-                await _unauthorized(scope, send, wrong=header is not None)
-                return
-        accept = ""
-        for name, value in scope["headers"]:
-            if name == b"accept":
-                accept = value.decode("latin-1")
-                break
-        body, content_type = state.metrics.render(state, accept)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", content_type.encode()),
-                    (b"cache-control", b"no-store"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+    def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
 
-
-async def _unauthorized(scope: Scope, send: Send, *, wrong: bool) -> None:
-    if wrong:
-        detail, challenge = (
-            "The bearer token is not valid for this endpoint.",
-            b'Bearer realm="metrics", error="invalid_token"',
-        )
-    else:
-        detail, challenge = "A bearer token is required for this endpoint.", b'Bearer realm="metrics"'
-    await send_unauthorized(scope, send, challenge, detail)
+    async def __call__(self, request: Request) -> Encoded:
+        settings = self.runtime.settings
+        if not settings.health_show_details.public:
+            header = request.headers.get("authorization")
+            if header is None:
+                raise unauthorized('Bearer realm="metrics"', "A bearer token is required for this endpoint.")
+            if not bearer_matches(header, settings.health_token):
+                raise unauthorized('Bearer realm="metrics", error="invalid_token"')
+        body, content_type = self.metrics.render(self.runtime, request.headers.get("accept", ""))
+        return Encoded(body, headers=[(b"cache-control", b"no-store")], content_type=content_type.encode())

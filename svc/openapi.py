@@ -29,14 +29,18 @@ from typing import Any
 
 import msgspec
 from starlette.endpoints import HTTPEndpoint
-from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+from starlette.routing import Route as StarletteRoute
 
 from svc.errors import PROBLEM_TYPE, Problem
 from svc.health import HEALTH_TYPE, DatabaseHealth, Health, HealthBody, Liveness, Readiness
 from svc.metrics import MetricsEndpoint
-from svc.middleware import HSTS_HEADER, MAX_HEADER_BYTES, MAX_HEADER_COUNT, SECURITY_HEADERS
-from svc.settings import Settings
+from svc.http.edge import MAX_HEADER_BYTES, MAX_HEADER_COUNT
+from svc.http.headers import security_headers
+from svc.http.responses import Encoded
+from svc.http.routing import Route
+from svc.settings import Details, Settings
 
 __all__ = ["OPENAPI_PATH", "OpenApi", "build_openapi", "openapi_route"]
 
@@ -59,13 +63,9 @@ _SERVER_TIMING = {
 _NO_STORE = {"description": "Never cached.", "required": True, "schema": {"const": "no-store"}}
 
 
-def _security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
-    return [*SECURITY_HEADERS, HSTS_HEADER] if settings.app_env.is_deployed else SECURITY_HEADERS
-
-
 def _header_components(settings: Settings) -> dict[str, Any]:
     headers = {"X-Request-ID": _REQUEST_ID, "Server-Timing": _SERVER_TIMING, "Cache-Control": _NO_STORE}
-    for name, value in _security_headers(settings):
+    for name, value in security_headers(settings):
         headers[name.decode().title()] = {
             "description": "Set on every response.",
             "required": True,
@@ -76,7 +76,7 @@ def _header_components(settings: Settings) -> dict[str, Any]:
 
 def _common_headers(settings: Settings) -> dict[str, Any]:
     """The headers every response carries, as references to `components.headers`."""
-    names = ["X-Request-ID", *(name.decode().title() for name, _ in _security_headers(settings)), "Server-Timing"]
+    names = ["X-Request-ID", *(name.decode().title() for name, _ in security_headers(settings)), "Server-Timing"]
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
 
@@ -146,7 +146,7 @@ def _health_operation(
         "description": description,
         "parameters": [{"$ref": "#/components/parameters/X-Request-ID"}],
     }
-    if guarded and settings.health_show_details == "when_authorized":
+    if guarded and settings.health_show_details is Details.WHEN_AUTHORIZED:
         # Optional: without a token the answer has no details; a wrong one is a 401.
         operation["security"] = [{}, {"healthToken": []}]
         responses["401"] = _ref("Unauthorized")
@@ -169,7 +169,7 @@ def _metrics_operation(settings: Settings) -> dict[str, Any]:
             "content": {"text/plain": text, "application/openmetrics-text": text},
         }
     }
-    if settings.health_show_details != "always":
+    if not settings.health_show_details.public:
         # Metrics are public only where health details are: elsewhere the token is required.
         operation["security"] = [{"healthToken": []}]
         responses["401"] = _ref("MetricsUnauthorized")
@@ -180,9 +180,9 @@ def _metrics_operation(settings: Settings) -> dict[str, Any]:
 def _builtin(endpoint: Any, settings: Settings) -> dict[str, Any] | None:
     """The description of a built-in endpoint, or None when `endpoint` is not one."""
     details = {
-        "always": " Details (outputs, observed values) are always shown.",
-        "when_authorized": " Details are shown only with `Authorization: Bearer <HEALTH_TOKEN>`.",
-        "never": " Details are never shown.",
+        Details.ALWAYS: " Details (outputs, observed values) are always shown.",
+        Details.WHEN_AUTHORIZED: " Details are shown only with `Authorization: Bearer <HEALTH_TOKEN>`.",
+        Details.NEVER: " Details are never shown.",
     }[settings.health_show_details]
     if isinstance(endpoint, Liveness):
         return _health_operation(
@@ -254,7 +254,7 @@ def _head(operation: Mapping[str, Any]) -> dict[str, Any]:
     return {**operation, "summary": f"{operation['summary']} (headers only)", "responses": responses}
 
 
-def _methods(route: Route) -> list[str]:
+def _methods(route: StarletteRoute) -> list[str]:
     """The route's methods, lower-case; a class-based `HTTPEndpoint` has those it defines a handler for."""
     if route.methods is not None:
         return sorted(m.lower() for m in route.methods)
@@ -265,7 +265,7 @@ def _methods(route: Route) -> list[str]:
     return []  # a plain ASGI app takes any method: nothing to list
 
 
-def _route_path_item(route: Route, settings: Settings) -> dict[str, Any]:
+def _route_path_item(route: StarletteRoute, settings: Settings) -> dict[str, Any]:
     methods = _methods(route)
     builtin = _builtin(route.endpoint, settings)
     if builtin is not None:
@@ -297,7 +297,7 @@ def build_openapi(settings: Settings, routes: Iterable[BaseRoute]) -> dict[str, 
     """The OpenAPI 3.1 document describing `routes` (plain `Route`s; others are skipped) under `settings`."""
     paths: dict[str, Any] = {}
     for route in routes:
-        if isinstance(route, Route):
+        if isinstance(route, StarletteRoute):
             paths.setdefault(route.path_format, {}).update(_route_path_item(route, settings))
     structs: set[type[msgspec.Struct]] = {HealthBody, Problem}
     paths = _structs_to_refs(paths, structs)
@@ -317,7 +317,7 @@ def build_openapi(settings: Settings, routes: Iterable[BaseRoute]) -> dict[str, 
             }
         },
     }
-    if settings.health_show_details != "always":
+    if not settings.health_show_details.public:
         components["securitySchemes"] = {
             "healthToken": {
                 "type": "http",
@@ -342,29 +342,23 @@ def build_openapi(settings: Settings, routes: Iterable[BaseRoute]) -> dict[str, 
 
 
 class OpenApi:
-    """`/openapi.json`: the pre-encoded document, as a plain ASGI endpoint."""
+    """`/openapi.json`: the document, encoded once."""
 
     def __init__(self) -> None:
-        self.body = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.response = Encoded(b"", content_type=_JSON.encode())
 
     def encode(self, document: Mapping[str, Any]) -> None:
-        self.body = msgspec.json.encode(document)
-        self.headers = [
-            (b"content-type", _JSON.encode()),
-            # The document changes only with a deploy: revalidate, never serve a stale one.
-            (b"cache-control", b"no-cache"),
-            (b"content-length", str(len(self.body)).encode()),
-        ]
+        # The document changes only with a deploy: revalidate, never serve a stale one.
+        headers = [(b"cache-control", b"no-cache")]
+        self.response = Encoded(msgspec.json.encode(document), headers=headers, content_type=_JSON.encode())
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.body})
+    async def __call__(self, request: Request) -> Encoded:
+        return self.response
 
 
 def openapi_route(settings: Settings, routes: Sequence[BaseRoute]) -> Route:
     """The `/openapi.json` route, its document describing `routes` and itself, encoded now."""
     endpoint = OpenApi()
-    route = Route(OPENAPI_PATH, endpoint, methods=["GET", "HEAD"], name="openapi")
+    route = Route(OPENAPI_PATH, endpoint, name="openapi")
     endpoint.encode(build_openapi(settings, [*routes, route]))
     return route

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import marshmallow as ma
 from environs import Env, EnvValidationError
 
-__all__ = ["ConfigError", "Environment", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Details", "Environment", "LogFormat", "Settings", "load_settings"]
 
 # Used in development/test only, where a random key would differ between workers.
 DEVELOPMENT_SECRET_KEY = "svc-development-key-not-for-production-use-0000"  # noqa: S105
@@ -35,6 +35,24 @@ class Environment(StrEnum):
     def is_deployed(self) -> bool:
         """Staging and production: secrets are mandatory and nothing is started implicitly."""
         return self in (Environment.STAGING, Environment.PRODUCTION)
+
+
+class Details(StrEnum):
+    """`HEALTH_SHOW_DETAILS`: who sees health details (outputs, observed values) and may scrape `/metrics`."""
+
+    ALWAYS = "always"
+    WHEN_AUTHORIZED = "when_authorized"
+    NEVER = "never"
+
+    @property
+    def public(self) -> bool:
+        """Everyone sees details and metrics: no token is asked for."""
+        return self is Details.ALWAYS
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
 
 
 class ConfigError(Exception):
@@ -71,7 +89,7 @@ class Settings:
     database_url: str | None = _secret(default=None)
     secret_key: str = _secret(default=DEVELOPMENT_SECRET_KEY)
     log_level: str = "INFO"
-    log_format: str = "console"
+    log_format: LogFormat = LogFormat.CONSOLE
     access_log: bool = True
     max_body_bytes: int = 1_048_576
     embedded_pg_dir: Path = Path(".data/postgres")
@@ -88,7 +106,7 @@ class Settings:
     health_db_timeout: float = 0.8
     health_db_warn_ms: float = 100.0
     health_db_cache_ttl: float = 1.0
-    health_show_details: str = "always"
+    health_show_details: Details = Details.ALWAYS
     health_token: str | None = _secret(default=None)
 
     # Host header values accepted (Starlette's TrustedHost patterns, e.g. "*.example.com"); "*" accepts any.
@@ -100,6 +118,12 @@ class Settings:
     # After SIGTERM, readiness fails but requests are still served this long before uvicorn stops
     # accepting: time for a load balancer (Kubernetes endpoints) to stop sending new ones.
     shutdown_drain_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Options given as plain strings (dataclasses.replace in tests, code building Settings) become their enums.
+        object.__setattr__(self, "app_env", Environment(self.app_env))
+        object.__setattr__(self, "log_format", LogFormat(self.log_format))
+        object.__setattr__(self, "health_show_details", Details(self.health_show_details))
 
     @property
     def is_development(self) -> bool:
@@ -114,7 +138,7 @@ class Settings:
                 value = mask_url(value)
             elif f.metadata.get("secret") and value is not None:
                 value = MASK
-            elif isinstance(value, (Path, Environment)):
+            elif isinstance(value, (Path, StrEnum)):
                 value = str(value)
             out[f.name.upper()] = value
         return out
@@ -197,10 +221,11 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         "database_url": env.str("DATABASE_URL", default=None),
         "secret_key": env.str("SECRET_KEY", default=None),
         "log_level": env.str("LOG_LEVEL", default=d.log_level, validate=_log_level),
-        "log_format": env.str(
+        "log_format": env.enum(
             "LOG_FORMAT",
-            default="json" if deployed or app_env is Environment.TEST else "console",
-            validate=ma.validate.OneOf(["json", "console"]),
+            default=LogFormat.JSON if deployed or app_env is Environment.TEST else LogFormat.CONSOLE,
+            enum=LogFormat,
+            by_value=True,
         ),
         "access_log": env.bool("ACCESS_LOG", default=d.access_log),
         "max_body_bytes": env.int("MAX_BODY_BYTES", default=d.max_body_bytes, validate=ma.validate.Range(1, 1 << 30)),
@@ -232,10 +257,11 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         "health_db_cache_ttl": env.float(
             "HEALTH_DB_CACHE_TTL", default=d.health_db_cache_ttl, validate=ma.validate.Range(0, 3_600)
         ),
-        "health_show_details": env.str(
+        "health_show_details": env.enum(
             "HEALTH_SHOW_DETAILS",
-            default="when_authorized" if deployed else "always",
-            validate=ma.validate.OneOf(["always", "when_authorized", "never"]),
+            default=Details.WHEN_AUTHORIZED if deployed else Details.ALWAYS,
+            enum=Details,
+            by_value=True,
         ),
         "health_token": env.str("HEALTH_TOKEN", default=None),
         "allowed_hosts": tuple(

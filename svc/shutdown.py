@@ -10,7 +10,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from svc.runtime import Phase
+
+if TYPE_CHECKING:
+    from svc.runtime import Runtime
 
 __all__ = ["DrainHook", "drain_on_signals"]
 
@@ -23,7 +28,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class DrainHook:
     """Stands in front of the server's own SIGTERM and SIGINT handlers for the lifespan's duration.
 
-    On the first signal `state.phase` becomes "draining", so `/health/ready` answers 503
+    On the first signal the runtime's phase becomes `DRAINING`, so `/health/ready` answers 503
     'Shutting down.' while everything else is still served. Then, after `delay` seconds for
     SIGTERM (the time a load balancer or Kubernetes needs to stop sending new requests) and at
     once for SIGINT or a second signal, the server's handler runs: uvicorn stops accepting, lets
@@ -35,8 +40,8 @@ class DrainHook:
     in its event loop) the hook stays out of the way.
     """
 
-    def __init__(self, state: Any, delay: float) -> None:
-        self.state = state
+    def __init__(self, runtime: Runtime, delay: float) -> None:
+        self.runtime = runtime
         self.delay = delay
         self._previous: dict[int, Handler] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -71,7 +76,7 @@ class DrainHook:
     def _handle(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler: only attribute writes here, and the event loop is reached thread-safely.
         first, self._signalled = not self._signalled, True
-        self.state.phase = "draining"
+        self.runtime.phase = Phase.DRAINING
         assert self._loop is not None  # installed only with a running loop
         if first and sig == signal.SIGTERM and self.delay > 0:
             self._loop.call_soon_threadsafe(self._drain, context=contextvars.Context())
@@ -104,9 +109,9 @@ class DrainHook:
 
 
 @contextmanager
-def drain_on_signals(state: Any, delay: float) -> Iterator[DrainHook]:
+def drain_on_signals(runtime: Runtime, delay: float) -> Iterator[DrainHook]:
     """A `DrainHook` installed for the duration of the block."""
-    hook = DrainHook(state, delay)
+    hook = DrainHook(runtime, delay)
     hook.install()
     try:
         yield hook

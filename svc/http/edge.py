@@ -1,0 +1,269 @@
+"""The edge: what every HTTP request gets, once, whichever route answers it.
+
+    request ─▶ Edge: id, head limits, Host check, body limit ─▶ Router.match ─▶ endpoint(request)
+    response ◀─ Edge: Server-Timing, X-Request-ID, security headers; metrics and access line ◀─┘
+
+An svc `Route`'s endpoint returns its response and the edge sends it (`send_response`): no layer
+wraps `send`. Anything else routed (a plain ASGI app, a `Mount`, a streaming response) sends for
+itself through one wrapper that adds the same headers. Whatever escapes an endpoint is rendered by
+`svc.errors.render`; nothing else in svc answers an HTTP request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from svc.context import UNMATCHED, request_id
+from svc.errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, ServiceError, render
+from svc.http.headers import security_headers
+from svc.http.hosts import AllowedHosts, allows_any_host
+from svc.http.request_id import HEADER, new_request_id, well_formed
+from svc.http.responses import send_response
+from svc.http.routing import Router, Target
+from svc.settings import Settings
+
+if TYPE_CHECKING:
+    from svc.logging import AccessLog
+    from svc.metrics import Metrics
+
+__all__ = ["MAX_HEADER_BYTES", "MAX_HEADER_COUNT", "Edge", "server_timing"]
+
+# uvicorn's httptools parser accepts request heads of any size; these are nginx's and Node's defaults, far above
+# what any real client sends, and refusing early bounds the work and memory a request can demand.
+MAX_HEADER_COUNT = 100
+MAX_HEADER_BYTES = 16_384
+HOST_DETAIL = "The Host header does not name a host this server answers to."
+_HEAD_DETAIL = f"The request headers exceed {MAX_HEADER_COUNT} fields or {MAX_HEADER_BYTES} bytes."
+
+logger = logging.getLogger("svc.errors")
+_clock = time.perf_counter
+# `app;dur=` values under a millisecond, by whole microseconds: formatting a float per request costs more.
+_APP_DUR = [b"app;dur=0.%03d" % us for us in range(1000)]
+
+
+def server_timing(start: float) -> bytes:
+    """A `Server-Timing` value: `app;dur=` milliseconds since `start` (a `time.perf_counter()` reading)."""
+    us = int((_clock() - start) * 1_000_000)
+    return _APP_DUR[us] if us < 1000 else b"app;dur=%d.%03d" % divmod(us, 1000)
+
+
+class _Answer:
+    """What was sent of a response: its status (0 until it starts) and its body's size."""
+
+    __slots__ = ("size", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.size = 0
+
+
+class Edge:
+    """The ASGI entry of every HTTP and WebSocket request (lifespan messages go to the lifespan).
+
+    - Its id: a well-formed inbound `X-Request-ID`, or a new one; in `svc.context.request_id` for
+      logs and problem bodies, and echoed on the response.
+    - Its refusals, before any endpoint runs: a head over `MAX_HEADER_COUNT` fields or
+      `MAX_HEADER_BYTES` bytes (431), a `Host` outside `ALLOWED_HOSTS` (400), a `Content-Length`
+      that is not a number (400) or over `MAX_BODY_BYTES` (413); a streamed body is cut off at
+      `MAX_BODY_BYTES` (413 when nothing was sent yet).
+    - Its route, from the `Router` (404, or 405 with `Allow`).
+    - The headers every response carries: `Server-Timing: app;dur=`, `X-Request-ID`, the security headers.
+    - The last resort: an exception is logged, its text never sent, and answered with a problem
+      (500 unless it is a `ServiceError`) unless the response has begun.
+    - Its record: `metrics` counts and times it, `access_log` writes its line (HEAD bodies count 0 bytes).
+    """
+
+    def __init__(
+        self, router: Router, settings: Settings, *, metrics: Metrics | None, access_log: AccessLog | None
+    ) -> None:
+        self.router = router
+        self.headers = security_headers(settings)
+        self.hosts = None if allows_any_host(settings.allowed_hosts) else AllowedHosts(settings.allowed_hosts)
+        self.max_body_bytes = settings.max_body_bytes
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.websocket(scope, receive, send)
+        start = _clock()
+        rid, rid_header, refusal, streamed = self.inspect(scope["headers"])
+        token = request_id.set(rid)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.in_flight += 1
+        answer = _Answer()
+        headers = [rid_header, *self.headers]
+        try:
+            target = self.router.match(scope)
+            if refusal is not None or not isinstance(target, Target):
+                response = render(refusal or target, scope["path"])  # type: ignore[arg-type]
+            else:
+                if streamed:
+                    receive = self.limited(receive)
+                if target.handler is None:
+                    return await self.through(target.app, scope, receive, send, headers, start, answer)
+                try:
+                    response = await target.handler(Request(scope, receive))
+                except Exception as exc:  # noqa: BLE001 - rendered (and logged when unexpected) by `render`
+                    response = render(exc, scope["path"])
+            await self.respond(response, scope, receive, send, headers, start, answer)
+        except Exception as exc:  # noqa: BLE001 - the last resort: logged by `render` or here
+            await self.failed(exc, scope, send, headers, start, answer)
+        finally:
+            try:
+                if metrics is not None:
+                    metrics.in_flight -= 1
+                if metrics is not None or self.access_log is not None:
+                    # No response at all (or none begun when cancelled): the server answers 500.
+                    self.record(scope, answer.status or 500, answer.size, _clock() - start)
+            finally:
+                request_id.reset(token)
+
+    def inspect(
+        self, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[str, tuple[bytes, bytes], ServiceError | None, bool]:
+        """A request's id and `X-Request-ID` header, why it is refused (or None), and whether its body is streamed."""
+        rid: str | None = None
+        size = 0
+        streamed = False
+        length: bytes | None = None
+        hosts: list[bytes] | None = None if self.hosts is None else []
+        for name, value in headers:
+            size += len(name) + len(value)
+            if name == HEADER:
+                if rid is None and well_formed(value):
+                    rid = value.decode()
+            elif name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                streamed = True
+            elif name == b"host" and hosts is not None:
+                hosts.append(value)
+        refusal: ServiceError | None = None
+        if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT:
+            refusal = HeaderFieldsTooLarge(_HEAD_DETAIL)
+        elif hosts is not None and self.hosts is not None and not self.hosts.allowed(hosts):
+            refusal = BadRequest(HOST_DETAIL)
+        elif length is not None:
+            if not length.isdigit():
+                refusal = BadRequest("The Content-Length header is not a number.")
+            elif int(length) > self.max_body_bytes:
+                refusal = ContentTooLarge()
+        if rid is None:
+            return (*new_request_id(), refusal, streamed)
+        return rid, (HEADER, rid.encode()), refusal, streamed
+
+    def limited(self, receive: Receive) -> Receive:
+        """`receive`, raising `ContentTooLarge` once the body passes `MAX_BODY_BYTES`."""
+        received = 0
+        limit = self.max_body_bytes
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise ContentTooLarge()
+            return message
+
+        return receive_limited
+
+    async def respond(
+        self,
+        response: Response,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        start: float,
+        answer: _Answer,
+    ) -> None:
+        """Send an endpoint's response with the edge's headers (a response without a body sends itself)."""
+        if not isinstance(getattr(response, "body", None), bytes):  # streaming, file
+            return await self.through(response, scope, receive, send, headers, start, answer)
+        answer.status = response.status_code
+        timing = (b"server-timing", server_timing(start))
+        answer.size = await send_response(send, response, [timing, *headers], head=scope["method"] == "HEAD")
+        if response.background is not None:
+            await response.background()
+
+    async def through(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        start: float,
+        answer: _Answer,
+    ) -> None:
+        """Let `app` send for itself, through a `send` that adds the edge's headers and notes what is sent."""
+        head = scope["method"] == "HEAD"
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answer.status = message["status"]
+                timing = (b"server-timing", server_timing(start))
+                message["headers"] = [*message.get("headers", ()), timing, *headers]
+            elif message["type"] == "http.response.body" and not head:
+                answer.size += len(message.get("body", b""))
+            await send(message)
+
+        await app(scope, receive, send_with_headers)
+
+    async def failed(
+        self,
+        exc: Exception,
+        scope: Scope,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        start: float,
+        answer: _Answer,
+    ) -> None:
+        """Answer an exception that escaped the endpoint's answer, unless the response has begun."""
+        if answer.status:  # the headers are out: the server closes the connection, and there is nothing else to say
+            logger.error("Unhandled error in %s %s after its response began", scope["method"], scope["path"], exc_info=exc)
+            return
+        response = render(exc, scope["path"])
+        answer.status = response.status_code
+        timing = (b"server-timing", server_timing(start))
+        answer.size = await send_response(send, response, [timing, *headers], head=scope["method"] == "HEAD")
+
+    def record(self, scope: Scope, status: int, size: int, seconds: float) -> None:
+        """Tell the metrics and the access log (when on) about an answered request."""
+        route = scope.get("route")
+        template = getattr(route, "path", UNMATCHED) if route is not None else UNMATCHED
+        if self.metrics is not None:
+            self.metrics.observe(scope["method"], template, status, seconds)
+        log = self.access_log
+        if log is not None and log.logger.isEnabledFor(logging.INFO):
+            log.write(
+                scope["method"],
+                scope["path"],
+                route=template,
+                status=status,
+                duration_us=int(seconds * 1_000_000),
+                size=size,
+            )
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket connection: the Host check, then its route (closed when there is none)."""
+        if self.hosts is not None:
+            hosts = [value for name, value in scope["headers"] if name == b"host"]
+            if not self.hosts.allowed(hosts):
+                await send({"type": "websocket.close", "code": 1008})  # policy violation
+                return
+        app = self.router.websocket(scope)
+        if app is None:
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        await app(scope, receive, send)

@@ -1,0 +1,44 @@
+"""Responses: one encoded-ahead `Response` type, and the one place that sends a response's start and body."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Send
+
+__all__ = ["Encoded", "send_response"]
+
+
+class Encoded(Response):
+    """A Starlette `Response` whose body and headers are bytes already: nothing is computed when it is sent.
+
+    Content-Type and Content-Length come first, then `headers`. Responses that never change can be
+    made once and returned by every request (the edge never modifies a response's headers).
+    """
+
+    def __init__(
+        self,
+        body: bytes,
+        status_code: int = 200,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        *,
+        content_type: bytes,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = background
+        self.raw_headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *headers]
+
+
+async def send_response(send: Send, response: Response, headers: Sequence[tuple[bytes, bytes]], *, head: bool) -> int:
+    """Send a response that has its body (`response.body`), `headers` first; the number of body bytes sent.
+
+    A HEAD request gets the headers only (Content-Length still tells the GET body's size).
+    """
+    body = b"" if head else response.body
+    await send({"type": "http.response.start", "status": response.status_code, "headers": [*headers, *response.raw_headers]})
+    await send({"type": "http.response.body", "body": body})
+    return len(body)
