@@ -78,7 +78,7 @@ def make_app(database_url: str, loop: Any, log_stream: io.TextIOBase) -> Iterato
             app = create_app(settings)
             # create_app pointed the log handler at pytest's captured stderr; production writes to a stream.
             configure_logging(settings.log_level, settings.log_format, stream=log_stream)  # type: ignore[arg-type]
-            loop.run_until_complete(stack.enter_async_context(app.router.lifespan_context(app)))
+            loop.run_until_complete(stack.enter_async_context(app.lifespan_context(app)))
             assert loop.run_until_complete(started(app)), "start-up failed"
             # Ready, as a deployed instance is once its orchestrator has probed it: /health then reports
             # the last database check too.

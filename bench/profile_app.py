@@ -30,7 +30,7 @@ from svc.logging import configure_logging
 
 
 async def profile(app: Any, path: str, calls: int, profiler: str, out: io.TextIOBase) -> None:
-    async with app.router.lifespan_context(app):
+    async with app.lifespan_context(app):
         await started(app)
         await request(app, "/health/ready")  # as once deployed: /health then reports the last database check
         response = await request(app, path)
@@ -61,7 +61,7 @@ async def layers(app: Any, path: str, calls: int, repeats: int = 60) -> None:
     import baseline
     from starlette.routing import Route
 
-    async with app.router.lifespan_context(app):
+    async with app.lifespan_context(app):
         await started(app)
         await request(app, "/health/ready")
         stages: list[tuple[str, Any]] = [("raw ASGI floor (bench/baseline.py)", baseline.app)]

@@ -1,10 +1,9 @@
-"""svc's own health endpoints called straight from a raw ASGI callable: no Starlette, no svc middleware.
+"""svc's own health endpoints called straight from a raw ASGI callable: no router, no edge.
 
-They send the response headers svc's edge would add (a fixed request id, the security headers),
-so against the same-headers raw-ASGI baseline this is the floor for svc's endpoints; svc's
-production `/health` over it is what Starlette and svc's edge (request ids, metrics, the
-last-resort 500) cost. Configured like svc, from the environment, with svc's lifespan
-(`uvicorn svc_endpoints:app --app-dir bench`).
+They send the response headers svc's edge would add (fixed values: a request id, Server-Timing,
+the security headers), so against the same-headers raw-ASGI baseline this is the floor for svc's
+endpoints; svc's production `/health` over it is what the edge and the router cost. Configured
+like svc, from the environment, with svc's lifespan (`uvicorn svc_endpoints:app --app-dir bench`).
 """
 
 from __future__ import annotations
@@ -12,19 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 from baseline import SVC_HEADERS
-from starlette.routing import Route
+from starlette.requests import Request
 
 from svc.app import create_app
-from svc.middleware import DirectEndpoint
+from svc.http.responses import send_response
+from svc.http.routing import Route
 
 _svc = create_app()
-_endpoints = {r.path: r.app for r in _svc.routes if isinstance(r, Route) and isinstance(r.app, DirectEndpoint)}
-# What svc's edge adds; the endpoints send their own Server-Timing.
-_EDGE_HEADERS = [header for header in SVC_HEADERS if header[0] != b"server-timing"]
+_endpoints = {route.path: route.handler for route in _svc.routes if isinstance(route, Route)}
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return await _svc(scope, receive, send)
     scope["app"] = _svc
-    await _endpoints[scope["path"]].respond(scope, send, _EDGE_HEADERS)
+    response = await _endpoints[scope["path"]](Request(scope, receive))
+    await send_response(send, response, SVC_HEADERS, head=scope["method"] == "HEAD")

@@ -22,10 +22,11 @@ from starlette.datastructures import State, URLPath
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
+from svc.access import AccessLog, flush_access_log
 from svc.health import DatabaseHealth, Health, Liveness, Readiness
 from svc.http.edge import Edge
 from svc.http.routing import Route, Router
-from svc.logging import AccessLog, configure_logging, flush_access_log
+from svc.logging import configure_logging
 from svc.metrics import Metrics, MetricsEndpoint
 from svc.openapi import openapi_route
 from svc.runtime import Phase, Runtime

@@ -12,7 +12,7 @@ from svc.settings import Details, Settings
 
 __all__ = ["INVALID_TOKEN", "Access", "bearer_matches", "details_access", "unauthorized"]
 
-INVALID_TOKEN = "The bearer token is not valid for this endpoint."
+INVALID_TOKEN = "The bearer token is not valid for this endpoint."  # noqa: S105 - a message, not a secret
 
 
 class Access(Enum):

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import msgspec
 from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
 from svc.context import request_id
 from svc.http.responses import Encoded
@@ -112,7 +113,13 @@ def _standard_title(status: int) -> str:
 
 
 def problem_response(
-    status: int, title: str, detail: str, instance: str, *, type_: str = "about:blank", headers: Mapping[str, str] | None = None
+    status: int,
+    title: str,
+    detail: str,
+    instance: str,
+    *,
+    type_: str = "about:blank",
+    headers: Mapping[str, str] | None = None,
 ) -> Encoded:
     """A problem+json response for the current request (its id goes into the body)."""
     problem = Problem(
@@ -122,12 +129,13 @@ def problem_response(
     return Encoded(_encoder.encode(problem), status, encoded, content_type=_PROBLEM_TYPE)
 
 
-def render(exc: Exception, instance: str) -> Encoded:
+def render(exc: Exception, scope: Scope) -> Encoded:
     """The answer to an exception that escaped a handler: its problem, or a 500 for anything unexpected.
 
     A `ServiceError` of status 500 or more is logged with its cause's type, and anything unexpected
     with its traceback; an exception's text is never sent (it may hold data or secrets).
     """
+    instance = scope["path"]
     if isinstance(exc, ServiceError):
         if exc.status >= 500:
             cause = exc.__cause__
@@ -138,7 +146,7 @@ def render(exc: Exception, instance: str) -> Encoded:
         title = _standard_title(status)
         detail = exc.detail if exc.detail != title else _DEFAULT_DETAILS.get(status, title)
         return problem_response(status, title, detail, instance, headers=exc.headers or {})
-    logger.error("Unhandled error in a request to %s", instance, exc_info=exc)
+    logger.error("Unhandled error in %s %s", scope["method"], instance, exc_info=exc)
     return problem_response(500, "Internal Server Error", "The server encountered an unexpected error.", instance)
 
 

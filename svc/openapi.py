@@ -35,11 +35,11 @@ from starlette.routing import Route as StarletteRoute
 
 from svc.errors import PROBLEM_TYPE, Problem
 from svc.health import HEALTH_TYPE, DatabaseHealth, Health, HealthBody, Liveness, Readiness
-from svc.metrics import MetricsEndpoint
 from svc.http.edge import MAX_HEADER_BYTES, MAX_HEADER_COUNT
 from svc.http.headers import security_headers
 from svc.http.responses import Encoded
 from svc.http.routing import Route
+from svc.metrics import MetricsEndpoint
 from svc.settings import Details, Settings
 
 __all__ = ["OPENAPI_PATH", "OpenApi", "build_openapi", "openapi_route"]

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from svc.db import Database
     from svc.metrics import Metrics
     from svc.probe import DatabaseProbe
-    from svc.schema import SchemaCheck
+    from svc.migrations import SchemaCheck
 
 __all__ = ["Phase", "Runtime"]
 
@@ -71,7 +71,7 @@ class Runtime:
     def database(self) -> Database:
         """The database, for handlers: a 503 problem (with `Retry-After`) while starting, draining or failed."""
         db = self.db
-        if db is None or self.phase is not Phase.SERVING and self.phase is not Phase.DRAINING:
+        if db is None or (self.phase is not Phase.SERVING and self.phase is not Phase.DRAINING):
             phase = self.phase if self.phase is not Phase.SERVING else Phase.STARTING
             raise ServiceUnavailable(f"The service is not ready: {phase.reason}", headers={"Retry-After": "1"})
         return db

@@ -6,19 +6,19 @@ import asyncio
 import os
 
 from sqlalchemy import text
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from svc.app import create_app
+from svc.app import Service, create_app
 
 
 async def hold(request: Request) -> JSONResponse:
     """Check out a pooled connection, query it, keep it `?seconds=` long; then say who served and in which phase."""
     seconds = float(request.query_params.get("seconds", "0"))
     state = request.app.state
-    async with state.db.session() as session:
+    runtime = request.app.runtime
+    async with runtime.database().session() as session:
         backend = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         # Counted only once the query answered: "n holding" means n connections checked out, not n waiting for one.
         state.holding = getattr(state, "holding", 0) + 1
@@ -26,7 +26,7 @@ async def hold(request: Request) -> JSONResponse:
             await asyncio.sleep(seconds)
         finally:
             state.holding -= 1
-    return JSONResponse({"pid": os.getpid(), "backend": backend, "phase": state.phase})
+    return JSONResponse({"pid": os.getpid(), "backend": backend, "phase": runtime.phase})
 
 
 async def holding(request: Request) -> JSONResponse:
@@ -37,6 +37,6 @@ async def holding(request: Request) -> JSONResponse:
 ROUTES = [Route("/hold", hold), Route("/holding", holding)]
 
 
-def create_test_app() -> Starlette:
+def create_test_app() -> Service:
     """The service, configured from the environment, with the routes above."""
     return create_app(routes=ROUTES)

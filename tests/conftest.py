@@ -20,9 +20,8 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
-from svc.app import create_app, started
+from svc.app import Service, create_app, started
 from svc.embedded import EmbeddedPostgres
 from svc.settings import Environment, Settings, normalise_database_url
 
@@ -87,9 +86,9 @@ def make_db_settings(make_settings: Callable[..., Settings]) -> Callable[..., Se
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(app: Service) -> AsyncIterator[httpx.AsyncClient]:
     """An in-process client for `app` with its lifespan run (ASGITransport does not run it)."""
-    async with app.router.lifespan_context(app):
+    async with app.lifespan_context(app):
         await started(app)  # the engine, probe and schema check are made in the background
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -45,7 +45,7 @@ def _restore_log_level() -> Iterator[None]:
 
 async def query(request: Request) -> JSONResponse:
     """A route that needs a pooled connection."""
-    async with request.app.state.db.session() as session:
+    async with request.app.runtime.database().session() as session:
         value = (await session.execute(text("SELECT 41 + 1"))).scalar_one()
     return JSONResponse({"value": value})
 
@@ -171,7 +171,7 @@ async def test_start_up_with_the_database_down_serves_liveness_and_fails_readine
     url, word = unreachable
     app = create_app(fault_settings(make_settings, url))
     start = time.perf_counter()
-    async with app.router.lifespan_context(app):
+    async with app.lifespan_context(app):
         started = time.perf_counter() - start
         assert started < TIMEOUT + MARGIN, started
         transport = httpx.ASGITransport(app=app)
@@ -218,7 +218,7 @@ async def test_exhausted_pool_gives_503_within_pool_timeout_while_health_still_a
         assert (await client.get("/query")).json() == {"value": 42}
         async with contextlib.AsyncExitStack() as stack:
             for _ in range(3):
-                session = await stack.enter_async_context(app.state.db.session())
+                session = await stack.enter_async_context(app.runtime.db.session())
                 await session.execute(text("SELECT 1"))
             queried = await timed_get(client, "/query")
             assert_problem(queried.response, 503)

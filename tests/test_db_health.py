@@ -39,13 +39,13 @@ async def held_connections(db: Database, count: int) -> AsyncIterator[None]:
 
 def pool_counters(app: Starlette) -> dict[str, int]:
     """The pool's own counters, read straight from SQLAlchemy's pool."""
-    pool: Any = app.state.db.engine.pool
+    pool: Any = app.runtime.db.engine.pool
     return {
         "size": pool.size(),
         "checkedIn": pool.checkedin(),
         "checkedOut": pool.checkedout(),
         "overflow": max(0, pool.overflow()),
-        "maxOverflow": app.state.settings.db_max_overflow,
+        "maxOverflow": app.runtime.settings.db_max_overflow,
     }
 
 
@@ -71,7 +71,7 @@ async def test_db_health_passes_with_latency_pool_counters_and_server_version(
         assert latency["status"] == "pass"
         assert latency["observedUnit"] == "ms"
         assert isinstance(latency["observedValue"], float | int)
-        assert 0 < latency["observedValue"] < app.state.settings.health_db_timeout * 1000
+        assert 0 < latency["observedValue"] < app.runtime.settings.health_db_timeout * 1000
         assert before <= parse_time(latency["time"]) <= after
 
         [connections] = checks["postgresql:connections"]
@@ -93,7 +93,7 @@ async def test_db_health_connections_are_the_pools_own_counters(
     make_db_settings: Callable[..., Settings], held: int, expected: tuple[int, int]
 ) -> None:
     app = create_app(make_db_settings(db_pool_size=5, db_max_overflow=10))
-    async with serve(app) as client, held_connections(app.state.db, held):
+    async with serve(app) as client, held_connections(app.runtime.db, held):
         [connections] = (await client.get("/health/db")).json()["checks"]["postgresql:connections"]
         observed = connections["observedValue"]
         assert observed == pool_counters(app)
@@ -109,7 +109,7 @@ async def test_db_health_warns_only_when_pool_use_exceeds_80_percent(
     make_db_settings: Callable[..., Settings], held: int, status: str
 ) -> None:
     app = create_app(make_db_settings(db_pool_size=5, db_max_overflow=0))
-    async with serve(app) as client, held_connections(app.state.db, held):
+    async with serve(app) as client, held_connections(app.runtime.db, held):
         response = await client.get("/health/db")
         assert response.status_code == 200
         body = response.json()
@@ -276,7 +276,7 @@ async def test_health_summarises_the_last_database_check_from_the_cache(
             assert body["checks"]["postgresql:responseTime"] == db["postgresql:responseTime"]
             assert body["checks"]["postgresql:version"] == db["postgresql:version"]
             assert body["checks"]["postgresql:connections"][0]["observedValue"] == pool_counters(app)
-        assert app.state.probe.last.time == db["postgresql:responseTime"][0]["time"]
+        assert app.runtime.probe.last.time == db["postgresql:responseTime"][0]["time"]
         # The next /health/db does measure again (TTL 0), and /health follows it.
         again = (await client.get("/health/db")).json()["checks"]["postgresql:responseTime"]
         assert (await client.get("/health")).json()["checks"]["postgresql:responseTime"] == again

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from svc.access import AccessLog, flush_access_log
 from svc.context import request_id
-from svc.logging import AccessLog, configure_logging, flush_access_log
+from svc.logging import configure_logging
 
 
 @pytest.fixture

@@ -135,11 +135,11 @@ async def test_pool_probe_and_schema_gauges_are_read_at_scrape_time(make_setting
     app = create_app(settings)
     async with serve(app) as client:
         assert (await client.get("/health/db")).status_code == 200
-        async with app.state.db.session() as session:
+        async with app.runtime.db.session() as session:
             await session.execute(text("SELECT 1"))  # a session takes a connection on first use
             held = await scrape(client)
         released = await scrape(client)
-        latency_ms = app.state.probe.last.latency_ms
+        latency_ms = app.runtime.probe.last.latency_ms
 
     assert held[("svc_db_pool_size", frozenset())] == 3
     assert held[("svc_db_pool_checked_out", frozenset())] == 1
@@ -239,7 +239,7 @@ async def test_disabled_metrics_are_not_found_and_not_recorded(make_settings: Ca
         response = await client.get("/metrics")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
-    assert app.state.metrics is None
+    assert app.runtime.metrics is None
 
 
 def test_prometheus_client_is_not_imported_until_the_first_scrape() -> None:

@@ -59,7 +59,7 @@ async def test_concurrent_sessions_and_rls_settings_work_without_prepared_statem
 ) -> None:
     app = create_app(through(pgbouncer, make_settings))
     async with serve(app) as client:
-        db: Database = app.state.db
+        db: Database = app.runtime.db
         results = await asyncio.gather(*(rls_round_trip(db, n) for n in range(SESSIONS)))
         # Each transaction saw its own setting, never another's (and none leaked out of its transaction).
         assert results == [(str(n), 2 * n) for n in range(SESSIONS)]
@@ -79,6 +79,6 @@ async def test_with_the_statement_cache_on_pgbouncer_transaction_mode_breaks(
     # can track prepared statements and avoid the clash; the fixture turns that off.)
     app = create_app(through(pgbouncer, make_settings, db_statement_cache_size=100))
     async with serve(app):
-        db: Database = app.state.db
+        db: Database = app.runtime.db
         results = await asyncio.gather(*(rls_round_trip(db, n) for n in range(SESSIONS)), return_exceptions=True)
     assert any(isinstance(result, Exception) for result in results)

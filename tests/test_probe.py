@@ -143,13 +143,13 @@ async def test_health_summary_adds_no_query(count: ServerCount, make_db_settings
     app = create_app(make_db_settings(database_url=count.url, health_db_cache_ttl=0.0))
     async with serve(app) as client:
         assert (await client.get("/health/db")).json()["checks"]["postgresql:responseTime"][0]["status"] == "pass"
-        await app.state.probe.close()  # publishes the probe's counts; the last result stays
+        await app.runtime.probe.close()  # publishes the probe's counts; the last result stays
 
         async def summaries() -> None:
             for _ in range(20):
                 body = (await client.get("/health")).json()
                 assert body["checks"]["postgresql:responseTime"][0]["status"] == "pass"
-            await app.state.probe.close()
+            await app.runtime.probe.close()
 
         assert await count.during(summaries) == 0
 

@@ -45,12 +45,12 @@ TIMEOUT = 0.3
 
 
 async def query(request: Request) -> JSONResponse:
-    async with request.app.state.db.session() as session:
+    async with request.app.runtime.database().session() as session:
         return JSONResponse({"value": (await session.execute(text("SELECT 41 + 1"))).scalar_one()})
 
 
 async def division_by_zero(request: Request) -> JSONResponse:
-    async with request.app.state.db.session() as session:
+    async with request.app.runtime.database().session() as session:
         await session.execute(text("SELECT 1 / 0"))
     return JSONResponse({})  # pragma: no cover - the query fails
 
@@ -238,7 +238,7 @@ async def test_an_exhausted_pool_leaks_no_secret(
     caplog.set_level(logging.DEBUG)
     app = create_app(deployed_settings(make_settings, password_url), routes=ROUTES)
     async with serve(app) as client, contextlib.AsyncExitStack() as stack:
-        session = await stack.enter_async_context(app.state.db.session())
+        session = await stack.enter_async_context(app.runtime.db.session())
         await session.execute(text("SELECT 1"))  # the pool's only connection, held
         exhausted = await client.get("/query")
         assert exhausted.status_code == 503

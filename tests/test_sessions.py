@@ -201,7 +201,7 @@ async def test_row_level_security_refuses_writes_for_another_tenant(tenant_datab
 
 def sql_route(path: str, *statements: str) -> Route:
     async def endpoint(request: Request) -> JSONResponse:
-        async with request.app.state.db.session() as session:
+        async with request.app.runtime.database().session() as session:
             result = None
             for statement in statements:
                 result = (await session.execute(text(statement))).scalar()
@@ -258,7 +258,7 @@ async def test_database_errors_in_requests_become_problems_without_driver_text(
         # The failed transaction was rolled back and its connection is usable again.
         again = await client.get("/ok")
         assert again.json() == {"result": 42}
-        assert app.state.db.pool_stats().checked_out == 0
+        assert app.runtime.db.pool_stats().checked_out == 0
     logged = [r for r in caplog.records if r.name == "svc.errors"]
     assert len(logged) == 1
     assert all(words.lower() not in logged[0].getMessage().lower() for words in forbidden if words != "TimeoutError")
@@ -273,7 +273,7 @@ async def test_a_pooled_connection_killed_by_the_server_is_replaced_transparentl
         killed = await pg.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
             make_url(scratch_database).database,
-            app.state.settings.db_application_name,
+            app.runtime.settings.db_application_name,
         )
         assert killed == 1
         response = await client.get("/ok")
@@ -285,7 +285,7 @@ async def test_unhandled_non_database_error_still_rolls_back(
     make_settings: Callable[..., Settings], scratch_database: str, scratch: Any
 ) -> None:
     async def insert_then_fail(request: Request) -> JSONResponse:
-        async with request.app.state.db.session() as session:
+        async with request.app.runtime.database().session() as session:
             await session.execute(text("INSERT INTO items VALUES (7, 'lost')"))
             raise RuntimeError("postgresql://user:secret@host/db")
 

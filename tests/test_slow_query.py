@@ -25,7 +25,7 @@ async def sleep(request: Request) -> Response:
     """Runs `SELECT pg_sleep(?seconds)` with a parameter that must not reach the log."""
     seconds = float(request.query_params["seconds"])
     padding = "x" * int(request.query_params.get("padding", "0"))
-    async with request.app.state.db.session() as session:
+    async with request.app.runtime.database().session() as session:
         await session.execute(
             text(f"SELECT pg_sleep(:seconds), CAST(:secret AS text) AS /* {padding} */ label"),
             {"seconds": seconds, "secret": SECRET_PARAMETER},

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from svc.context import UNMATCHED, request_id
 from svc.errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, ServiceError, render
@@ -30,7 +30,7 @@ from svc.http.routing import Router, Target
 from svc.settings import Settings
 
 if TYPE_CHECKING:
-    from svc.logging import AccessLog
+    from svc.access import AccessLog
     from svc.metrics import Metrics
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_HEADER_COUNT", "Edge", "server_timing"]
@@ -54,14 +54,38 @@ def server_timing(start: float) -> bytes:
     return _APP_DUR[us] if us < 1000 else b"app;dur=%d.%03d" % divmod(us, 1000)
 
 
-class _Answer:
-    """What was sent of a response: its status (0 until it starts) and its body's size."""
+class _Exchange:
+    """One request's exchange: where its response goes, the edge's headers for it, and what was sent.
 
-    __slots__ = ("size", "status")
+    `status` is 0 until the response starts; `size` counts body bytes sent (none for HEAD).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("head", "headers", "scope", "send", "size", "start", "status")
+
+    def __init__(self, scope: Scope, send: Send, headers: list[tuple[bytes, bytes]], start: float) -> None:
+        self.scope = scope
+        self.send = send
+        self.headers = headers
+        self.start = start
+        self.head = scope["method"] == "HEAD"
         self.status = 0
         self.size = 0
+
+    async def send_response(self, response: Response) -> None:
+        """Send a response that has its body, the edge's headers first."""
+        self.status = response.status_code
+        timing = (b"server-timing", server_timing(self.start))
+        self.size = await send_response(self.send, response, [timing, *self.headers], head=self.head)
+
+    async def send_with_headers(self, message: Message) -> None:
+        """`send` for an app that sends for itself: the edge's headers added, what is sent noted."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            timing = (b"server-timing", server_timing(self.start))
+            message["headers"] = [*message.get("headers", ()), timing, *self.headers]
+        elif message["type"] == "http.response.body" and not self.head:
+            self.size += len(message.get("body", b""))
+        await self.send(message)
 
 
 class Edge:
@@ -99,33 +123,48 @@ class Edge:
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight += 1
-        answer = _Answer()
-        headers = [rid_header, *self.headers]
+        exchange = _Exchange(scope, send, [rid_header, *self.headers], start)
         try:
-            target = self.router.match(scope)
-            if refusal is not None or not isinstance(target, Target):
-                response = render(refusal or target, scope["path"])  # type: ignore[arg-type]
+            await self.answer(scope, receive, exchange, refusal, streamed=streamed)
+        except Exception as exc:
+            if exchange.status:  # the headers are out: the server closes the connection, there is nothing else to say
+                logger.error(
+                    "Unhandled error in %s %s after its response began", scope["method"], scope["path"], exc_info=exc
+                )
             else:
-                if streamed:
-                    receive = self.limited(receive)
-                if target.handler is None:
-                    return await self.through(target.app, scope, receive, send, headers, start, answer)
-                try:
-                    response = await target.handler(Request(scope, receive))
-                except Exception as exc:  # noqa: BLE001 - rendered (and logged when unexpected) by `render`
-                    response = render(exc, scope["path"])
-            await self.respond(response, scope, receive, send, headers, start, answer)
-        except Exception as exc:  # noqa: BLE001 - the last resort: logged by `render` or here
-            await self.failed(exc, scope, send, headers, start, answer)
+                await exchange.send_response(render(exc, scope))
         finally:
             try:
                 if metrics is not None:
                     metrics.in_flight -= 1
                 if metrics is not None or self.access_log is not None:
                     # No response at all (or none begun when cancelled): the server answers 500.
-                    self.record(scope, answer.status or 500, answer.size, _clock() - start)
+                    self.record(scope, exchange.status or 500, exchange.size, _clock() - start)
             finally:
                 request_id.reset(token)
+
+    async def answer(
+        self, scope: Scope, receive: Receive, exchange: _Exchange, refusal: ServiceError | None, *, streamed: bool
+    ) -> None:
+        """Route the request and send its answer: the refusal's or routing's problem, or the endpoint's response."""
+        target = self.router.match(scope)
+        response: Response
+        if refusal is not None or not isinstance(target, Target):
+            response = render(refusal or target, scope)  # type: ignore[arg-type]
+        else:
+            if streamed:
+                receive = self.limited(receive)
+            if target.handler is None:
+                return await target.app(scope, receive, exchange.send_with_headers)
+            try:
+                response = await target.handler(Request(scope, receive))
+            except Exception as exc:  # noqa: BLE001 - rendered (and logged when unexpected) by `render`
+                response = render(exc, scope)
+        if not isinstance(getattr(response, "body", None), bytes):  # streaming, file: it sends itself
+            return await response(scope, receive, exchange.send_with_headers)
+        await exchange.send_response(response)
+        if response.background is not None:
+            await response.background()
 
     def inspect(
         self, headers: Sequence[tuple[bytes, bytes]]
@@ -176,67 +215,6 @@ class Edge:
             return message
 
         return receive_limited
-
-    async def respond(
-        self,
-        response: Response,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: list[tuple[bytes, bytes]],
-        start: float,
-        answer: _Answer,
-    ) -> None:
-        """Send an endpoint's response with the edge's headers (a response without a body sends itself)."""
-        if not isinstance(getattr(response, "body", None), bytes):  # streaming, file
-            return await self.through(response, scope, receive, send, headers, start, answer)
-        answer.status = response.status_code
-        timing = (b"server-timing", server_timing(start))
-        answer.size = await send_response(send, response, [timing, *headers], head=scope["method"] == "HEAD")
-        if response.background is not None:
-            await response.background()
-
-    async def through(
-        self,
-        app: ASGIApp,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: list[tuple[bytes, bytes]],
-        start: float,
-        answer: _Answer,
-    ) -> None:
-        """Let `app` send for itself, through a `send` that adds the edge's headers and notes what is sent."""
-        head = scope["method"] == "HEAD"
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                answer.status = message["status"]
-                timing = (b"server-timing", server_timing(start))
-                message["headers"] = [*message.get("headers", ()), timing, *headers]
-            elif message["type"] == "http.response.body" and not head:
-                answer.size += len(message.get("body", b""))
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
-
-    async def failed(
-        self,
-        exc: Exception,
-        scope: Scope,
-        send: Send,
-        headers: list[tuple[bytes, bytes]],
-        start: float,
-        answer: _Answer,
-    ) -> None:
-        """Answer an exception that escaped the endpoint's answer, unless the response has begun."""
-        if answer.status:  # the headers are out: the server closes the connection, and there is nothing else to say
-            logger.error("Unhandled error in %s %s after its response began", scope["method"], scope["path"], exc_info=exc)
-            return
-        response = render(exc, scope["path"])
-        answer.status = response.status_code
-        timing = (b"server-timing", server_timing(start))
-        answer.size = await send_response(send, response, [timing, *headers], head=scope["method"] == "HEAD")
 
     def record(self, scope: Scope, status: int, size: int, seconds: float) -> None:
         """Tell the metrics and the access log (when on) about an answered request."""

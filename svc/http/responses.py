@@ -39,6 +39,8 @@ async def send_response(send: Send, response: Response, headers: Sequence[tuple[
     A HEAD request gets the headers only (Content-Length still tells the GET body's size).
     """
     body = b"" if head else response.body
-    await send({"type": "http.response.start", "status": response.status_code, "headers": [*headers, *response.raw_headers]})
+    await send(
+        {"type": "http.response.start", "status": response.status_code, "headers": [*headers, *response.raw_headers]}
+    )
     await send({"type": "http.response.body", "body": body})
     return len(body)

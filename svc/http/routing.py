@@ -36,7 +36,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def _is_async(endpoint: object) -> bool:
     while isinstance(endpoint, functools.partial):
         endpoint = endpoint.func
-    return inspect.iscoroutinefunction(endpoint) or inspect.iscoroutinefunction(getattr(endpoint, "__call__", None))
+    if inspect.isroutine(endpoint):
+        return inspect.iscoroutinefunction(endpoint)
+    return callable(endpoint) and inspect.iscoroutinefunction(type(endpoint).__call__)
 
 
 class Route(StarletteRoute):
@@ -60,7 +62,7 @@ class Route(StarletteRoute):
         self.handler: Endpoint = (
             endpoint  # type: ignore[assignment]
             if _is_async(endpoint)
-            else functools.partial(run_in_threadpool, endpoint)
+            else functools.partial(run_in_threadpool, endpoint)  # type: ignore[call-arg]
         )
         # Starlette's own way to serve it, for a Starlette router or `Route.handle`.
         self.app = request_response(endpoint)

@@ -1,4 +1,4 @@
-"""Request ids, security headers and the access log, on every response."""
+"""The edge: request ids, security headers, the last-resort 500 and the access log, on every response."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
+from starlette.routing import Route as StarletteRoute
 from starlette.types import Message, Receive, Scope, Send
 
+from svc.access import flush_access_log
 from svc.app import create_app
 from svc.health import Health
-from svc.logging import AccessLog, configure_logging, flush_access_log
-from svc.metrics import Metrics
-from svc.middleware import DirectRoutesMiddleware, EdgeMiddleware, new_request_id
+from svc.http.request_id import new_request_id
+from svc.logging import configure_logging
 from svc.settings import Environment, Settings
 from tests.conftest import serve
 
@@ -104,49 +105,34 @@ def test_generated_request_ids_are_128_random_bits_and_unique() -> None:
     assert all(header == (b"x-request-id", rid.encode()) for rid, header in made)
 
 
-# --- Health routes answered by the edge itself (no Host check, no body) and through the stack: the same answers ------
-
-
-@pytest.fixture
-def stack_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths of the requests that reached `DirectRoutesMiddleware` (that the edge did not answer itself)."""
-    calls: list[str] = []
-    through = DirectRoutesMiddleware.__call__
-
-    async def spy(self: DirectRoutesMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
-        calls.append(scope["path"])
-        await through(self, scope, receive, send)
-
-    monkeypatch.setattr(DirectRoutesMiddleware, "__call__", spy)
-    return calls
+# --- Every route takes the same path: a declared body or a Host check changes nothing in the answer --------------------
 
 
 @pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready", "/health/db"])
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-async def test_health_answers_the_same_whether_the_edge_answers_or_the_stack_does(
-    make_settings: Callable[..., Settings], stack_calls: list[str], path: str, method: str
+async def test_health_answers_the_same_with_a_declared_body_and_with_a_host_check(
+    make_settings: Callable[..., Settings], path: str, method: str
 ) -> None:
     async with serve(create_app(make_settings())) as client:
-        direct = await client.request(method, path)
-        assert stack_calls == []  # answered by the edge
-        # A declared body (even an empty one) takes the request through the body limit and the inner layers.
-        routed = await client.request(method, path, headers={"Content-Length": "0"})
+        plain = await client.request(method, path)
+        with_body = await client.request(method, path, headers={"Content-Length": "0"})
     async with serve(create_app(make_settings(allowed_hosts=("testserver",)))) as checked_client:
-        checked = await checked_client.request(method, path)  # the Host check sits between the edge and the route
-    assert stack_calls == [path, path]
-    for response in (routed, checked):
-        assert response.status_code == direct.status_code
-        assert response.headers.keys() == direct.headers.keys()
-        assert response.headers["content-type"] == direct.headers["content-type"]
+        checked = await checked_client.request(method, path)
+    for response in (with_body, checked):
+        assert response.status_code == plain.status_code
+        assert response.headers.keys() == plain.headers.keys()
+        assert response.headers["content-type"] == plain.headers["content-type"]
         if method == "HEAD":
-            assert response.content == direct.content == b""
+            assert response.content == plain.content == b""
         else:  # the same shape (the values carry times and, for a second app, its own probe's results)
-            body, expected = response.json(), direct.json()
+            body, expected = response.json(), plain.json()
             assert body.keys() == expected.keys()
             assert body.get("checks", {}).keys() == expected.get("checks", {}).keys()
 
 
-@pytest.mark.parametrize("extra", [{}, {"Content-Length": "0"}], ids=["answered by the edge", "through the stack"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"Content-Length": "0"}, {"Host": "testserver"}], ids=["plain", "declared body", "host checked"]
+)
 async def test_an_error_in_a_health_endpoint_is_a_500_problem_with_the_usual_headers(
     make_settings: Callable[..., Settings],
     monkeypatch: pytest.MonkeyPatch,
@@ -157,7 +143,7 @@ async def test_an_error_in_a_health_endpoint_is_a_500_problem_with_the_usual_hea
         raise RuntimeError("password=hunter2")
 
     monkeypatch.setattr(Health, "answer_now", broken)
-    async with serve(create_app(make_settings())) as client:
+    async with serve(create_app(make_settings(allowed_hosts=("testserver",)))) as client:
         response = await client.get("/health", headers=extra)
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
@@ -172,21 +158,25 @@ async def test_a_response_cancelled_after_it_began_is_recorded_with_its_status_a
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     # As when uvicorn's graceful-shutdown timeout cancels a long response: what was sent is what is recorded.
-    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
-        raise asyncio.CancelledError
+    class Streaming:  # a plain ASGI app: it sends for itself
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+            raise asyncio.CancelledError
 
     async def discard(message: Message) -> None:
         pass
 
-    metrics = Metrics(make_settings())
-    edge = EdgeMiddleware(streaming, metrics=metrics, access_log=AccessLog(logging.getLogger("svc.access")))
+    async def nothing() -> Message:
+        return {"type": "http.disconnect"}
+
+    app = create_app(make_settings(), routes=[StarletteRoute("/stream", Streaming())])
     scope: Scope = {"type": "http", "method": "GET", "path": "/stream", "headers": []}
     caplog.set_level(logging.INFO, logger="svc.access")
     with pytest.raises(asyncio.CancelledError):
-        await edge(scope, discard, discard)
-    assert list(metrics.series) == [("GET", "<unmatched>", 200)]
+        await app(scope, nothing, discard)
+    assert app.runtime.metrics is not None
+    assert list(app.runtime.metrics.series) == [("GET", "/stream", 200)]
     [line] = [r for r in caplog.records if r.name == "svc.access"]
     assert (line.status, line.bytes) == (200, 3)  # type: ignore[attr-defined]
 
