@@ -19,7 +19,7 @@ from harness import (
     BUDGET_S,
     TARGET_HEALTH_MEAN_S,
     batch_runner,
-    database_for_tests,
+    migrated_database,
     percentile,
     production_settings,
     request,
@@ -37,7 +37,7 @@ _REPORT: list[tuple[str, float | None, float, float]] = []
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """The asyncpg URL of the test database: TEST_DATABASE_URL, or the embedded PostgreSQL 18."""
-    with database_for_tests() as url:
+    with migrated_database() as url:
         yield url
 
 

@@ -11,20 +11,26 @@ import contextlib
 import gc
 import os
 import secrets
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import (
+    HOST,
+    ROOT,
+    SERVICE_VARIABLES,
+    UvicornProcess,
+    asyncpg_dsn,
+    database_for_tests,
+    migrate_to_head,
+    scrubbed_environ,
+)
+
 BENCH = ROOT / "bench"
-HOST = "127.0.0.1"
 
 #: The seed's latency budget: every health endpoint answers well under this, at p99.
 BUDGET_S = 0.200
@@ -40,51 +46,13 @@ UVICORN_FLAGS = ("--workers", "1", "--loop", "uvloop", "--http", "httptools", "-
 
 
 @contextlib.contextmanager
-def database_for_tests(url: str | None = None) -> Iterator[str]:
-    """The asyncpg URL of the test database, as tests/conftest.py finds it.
-
-    `url`, else TEST_DATABASE_URL, else the embedded PostgreSQL 18 in .data/test-postgres (shared with
-    the test suite: the last process to let go of it stops it).
-    """
-    from svc.settings import normalise_database_url
-
-    if url := url or os.environ.get("TEST_DATABASE_URL"):
-        yield migrated(normalise_database_url(url))
-        return
-    from svc.embedded import EmbeddedPostgres
-
-    server = EmbeddedPostgres(ROOT / ".data" / "test-postgres")
-    try:
-        yield migrated(normalise_database_url(server.start()))
-    finally:
-        server.stop()
-
-
-def migrated(url: str) -> str:
-    """`url`, its schema upgraded to the migration scripts' head (readiness requires it), as the tests do."""
-    try:
-        from svc.migrations import upgrade
-    except ImportError:  # a tree without migrations
-        return url
-    from svc.settings import Environment, Settings
-
-    upgrade(Settings(app_env=Environment.TEST, database_url=url, log_format="json"))
-    return url
-
-
-def libpq_url(url: str) -> str:
-    """`url` (asyncpg form) as a plain postgresql:// DSN for `asyncpg.connect()`/`create_pool()`."""
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+def migrated_database(url: str | None = None) -> Iterator[str]:
+    """The test database as the suite finds it (`url`, TEST_DATABASE_URL or the shared embedded server), at head."""
+    with database_for_tests(url) as database_url:
+        yield migrate_to_head(database_url)
 
 
 # --- production configuration ---------------------------------------------------------------------
-
-
-def settings_variables() -> list[str]:
-    """Every environment variable `load_settings()` reads (one per Settings field)."""
-    from svc.settings import Settings
-
-    return [f.name.upper() for f in fields(Settings)]
 
 
 def production_env(database_url: str, **overrides: str) -> dict[str, str]:
@@ -111,7 +79,7 @@ def production_settings(database_url: str, **overrides: str) -> Any:
 
     saved = dict(os.environ)
     try:
-        for name in settings_variables():
+        for name in SERVICE_VARIABLES:
             os.environ.pop(name, None)
         os.environ.update(production_env(database_url, **overrides))
         return load_settings(env_file=None)
@@ -127,8 +95,7 @@ def child_env(variables: Mapping[str, str], *, cached_bytecode: bool = True) -> 
     bench's own (outside the source tree), as in an image built with compiled bytecode: svc is
     installed editable here, so `uv sync --compile-bytecode` never compiles svc's own modules.
     """
-    drop = set(settings_variables())
-    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env = scrubbed_environ()
     if cached_bytecode:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(pycache_dir())
@@ -232,12 +199,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 # --- processes ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
@@ -264,22 +225,9 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
-    """One blocking `GET path` on a fresh connection; the status, or None if nothing answered."""
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-            head = s.recv(64)
-    except OSError:
-        return None
-    if not head.startswith(b"HTTP/1.1 "):
-        return None
-    return int(head[9:12])
-
-
 @dataclass
 class Server:
-    """A uvicorn subprocess on a free loopback port, with production flags, optionally pinned to a CPU."""
+    """A uvicorn server with production flags, optionally pinned to a CPU: started (and restarted) on demand."""
 
     name: str
     app: str
@@ -287,74 +235,43 @@ class Server:
     cwd: Path
     cpu: int | None = None
     app_dir: Path | None = None
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
+    process: UvicornProcess | None = None
+
+    def start(self) -> Server:
+        args = [*UVICORN_FLAGS, *(["--app-dir", str(self.app_dir)] if self.app_dir is not None else [])]
+        self.process = UvicornProcess(self.env, self.cwd, args, self.app, name=self.name, prefix=pin_prefix(self.cpu))
+        return self
+
+    @property
+    def running(self) -> UvicornProcess:
+        assert self.process is not None, f"{self.name} is not started"
+        return self.process
+
+    @property
+    def port(self) -> int:
+        return self.running.port
 
     @property
     def log(self) -> Path:
-        return self.cwd / f"{self.name}-{self.port}.log"
+        return self.running.log
 
     def url(self, path: str) -> str:
-        return f"http://{HOST}:{self.port}{path}"
-
-    def command(self) -> list[str]:
-        cmd = [*pin_prefix(self.cpu), sys.executable, "-m", "uvicorn", self.app]
-        cmd += ["--host", HOST, "--port", str(self.port), *UVICORN_FLAGS]
-        if self.app_dir is not None:
-            cmd += ["--app-dir", str(self.app_dir)]
-        return cmd
-
-    def start(self) -> Server:
-        with self.log.open("wb") as log:
-            self.started_at = time.perf_counter()
-            self.proc = subprocess.Popen(
-                self.command(),
-                env=self.env,
-                cwd=self.cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop the servers ourselves
-            )
-        return self
+        return self.running.base_url + path
 
     def wait_for(self, path: str, timeout: float = 30.0, interval: float = 0.002) -> float:
         """Poll `path` until it answers 200; the seconds since `start()`."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            if http_status(self.port, path) == 200:
-                return time.perf_counter() - self.started_at
-            time.sleep(interval)
-        raise TimeoutError(f"{self.name} did not answer {path} with 200 within {timeout} s:\n{self.output()}")
+        return self.running.wait_ready(path, timeout, interval)
 
     def rss_kib(self) -> int:
-        assert self.proc is not None
-        return rss_kib(self.proc.pid)
+        return rss_kib(self.running.proc.pid)
 
     def cpu_seconds(self) -> float:
-        assert self.proc is not None
-        return cpu_seconds(self.proc.pid)
-
-    def output(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        return cpu_seconds(self.running.proc.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        process, self.process = self.process, None
+        if process is not None:
+            process.stop(timeout=timeout)
 
 
 def svc_server(
@@ -365,7 +282,7 @@ def svc_server(
 
 
 def baseline_server(name: str, database_url: str, cwd: Path, cpu: int | None = None, pool_size: int = 5) -> Server:
-    env = child_env({"BASELINE_DATABASE_URL": libpq_url(database_url), "BASELINE_POOL_SIZE": str(pool_size)})
+    env = child_env({"BASELINE_DATABASE_URL": asyncpg_dsn(database_url), "BASELINE_POOL_SIZE": str(pool_size)})
     return Server(name, "baseline:app", env, cwd, cpu, app_dir=BENCH)
 
 

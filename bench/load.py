@@ -39,7 +39,7 @@ from harness import (
     baseline_server,
     child_env,
     cpus,
-    database_for_tests,
+    migrated_database,
     pin_prefix,
     production_env,
     svc_server,
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.server_cpu, run.client_cpu = available[0], available[1]
         os.sched_setaffinity(0, {run.client_cpu})  # this script only polls; it shares wrk's CPU
 
-    with tempfile.TemporaryDirectory(prefix="svc-bench-") as tmp, database_for_tests(args.database_url) as url:
+    with tempfile.TemporaryDirectory(prefix="svc-bench-") as tmp, migrated_database(args.database_url) as url:
         work = Path(tmp)
         script = work / "report.lua"
         script.write_text(WRK_SCRIPT)

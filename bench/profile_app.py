@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import uvloop
-from harness import batch_runner, database_for_tests, production_settings, request
+from harness import batch_runner, migrated_database, production_settings, request
 
 from svc.app import create_app, started
 from svc.logging import configure_logging
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profiler = "pyinstrument"
     variables = dict(v.split("=", 1) for v in args.variable)
     variables["ACCESS_LOG"] = "true" if args.access_log else "false"
-    with database_for_tests() as url, open(os.devnull, "w") as devnull:
+    with migrated_database() as url, open(os.devnull, "w") as devnull:
         settings = production_settings(url, **variables)
         app = create_app(settings)
         configure_logging(settings.log_level, settings.log_format, stream=devnull)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from svc import migrations
 from svc.models import Base
-from svc.settings import ConfigError, Settings, load_settings
+from svc.settings import Settings, load_settings_or_exit
 
 config = context.config
 target_metadata = Base.metadata
@@ -25,10 +25,7 @@ target_metadata = Base.metadata
 def service_settings() -> Settings:
     settings: Settings | None = config.attributes.get("settings")
     if settings is None:
-        try:
-            settings = load_settings()
-        except ConfigError as exc:
-            raise SystemExit(str(exc)) from None
+        settings = load_settings_or_exit()
     if config.attributes.get("configure_logging", True):
         migrations.configure_cli_logging(settings)
     return settings

@@ -7,21 +7,20 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from svc.settings import ConfigError, load_settings
+from svc.settings import load_settings_or_exit
+
+if TYPE_CHECKING:
+    from uvicorn import Config
 
 logger = logging.getLogger("svc.cli")
+APP = "svc.app:app"
 
 
 def check_config(args: argparse.Namespace) -> int:
     """Validate the configuration and print it with secrets masked."""
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    masked = settings.masked()
+    masked = load_settings_or_exit().masked()
     width = max(len(name) for name in masked)
     for name, value in masked.items():
         print(f"{name:<{width}}  {'' if value is None else value}")
@@ -35,15 +34,12 @@ def migrate(args: argparse.Namespace) -> int:
     The database is the service's own: DATABASE_URL, or without it in development/test the
     embedded PostgreSQL. Exits 0 when the schema is at head, 1 with a reason otherwise.
     """
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    settings = load_settings_or_exit()
     if args.development_only and not settings.is_development:
         print(f"svc: APP_ENV is {settings.app_env}: migrations are not applied on start.", file=sys.stderr)
         return 0
-    from svc.migrations import configure_cli_logging, describe_error, describe_revisions, upgrade
+    from svc.migrations import configure_cli_logging, describe_error, upgrade
+    from svc.schema import describe_revisions
 
     configure_cli_logging(settings)
     try:
@@ -66,33 +62,49 @@ def serve(args: argparse.Namespace) -> int:
     The configuration is validated first (exit 1 naming every bad variable, before anything
     listens). uvicorn's access log is off (the service writes its own structured one), so is its
     `server` header; the lifespan is required, so a failed start-up stops the process. Exits 0
-    after a graceful shutdown (SIGTERM, Ctrl-C), 1 when the server could not start.
+    after a graceful shutdown (SIGTERM, Ctrl-C), 1 when the server (or, with --workers, any
+    worker) could not start.
     """
-    try:
-        load_settings()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    load_settings_or_exit()
     import uvicorn
 
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "reload": args.reload,
+        "access_log": False,
+        "server_header": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
+    }
     try:
-        uvicorn.run(
-            "svc.app:app",
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            reload=args.reload,
-            access_log=False,
-            server_header=False,
-            lifespan="on",
-            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
-        )
+        if args.workers > 1 and not args.reload:
+            started = _supervise_workers(uvicorn.Config(APP, **options))
+        else:
+            uvicorn.run(APP, **options)
+            started = True
     except SystemExit as exc:
         # uvicorn exits 3 when it cannot start (port in use, failed lifespan), after logging why.
-        if exc.code not in (0, None):
-            print("svc: the server could not start (the reason is logged above)", file=sys.stderr)
-            return 1
+        started = exc.code in (0, None)
+    if not started:
+        print("svc: the server could not start (the reason is logged above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _supervise_workers(config: Config) -> bool:
+    """uvicorn's `--workers` supervisor, as `uvicorn.run` runs it; False when a worker could not start.
+
+    The supervisor stops when a worker exits with uvicorn's start-up failure status, but returns as
+    after a graceful shutdown: that worker is still among its processes, with that status.
+    """
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return all(process.exitcode != STARTUP_FAILURE for process in supervisor.processes)
 
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import sys
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -30,7 +29,7 @@ from svc.logging import configure_logging
 from svc.metrics import Metrics, MetricsEndpoint
 from svc.openapi import openapi_route
 from svc.runtime import Phase, Runtime
-from svc.settings import DEVELOPMENT_SECRET_KEY, ConfigError, Settings, load_settings
+from svc.settings import DEVELOPMENT_SECRET_KEY, Settings, load_settings, load_settings_or_exit
 from svc.shutdown import drain_on_signals
 
 __all__ = ["Service", "create_app", "lifespan", "started"]
@@ -45,8 +44,8 @@ def _import_database_modules() -> None:
 
     import svc.db
     import svc.dblog
-    import svc.migrations
-    import svc.probe  # noqa: F401
+    import svc.probe
+    import svc.schema  # noqa: F401
 
 
 async def start_database(runtime: Runtime, url: str, stack: AsyncExitStack) -> None:
@@ -56,32 +55,27 @@ async def start_database(runtime: Runtime, url: str, stack: AsyncExitStack) -> N
     opened ahead of the first check, so that check measures a query, not a connect.
     """
     await asyncio.to_thread(_import_database_modules)
-    import asyncpg
-
-    from svc.db import Database, connect_kwargs
+    from svc.db import Database
     from svc.dblog import install_slow_query_log
-    from svc.migrations import SchemaCheck
+    from svc.postgres import Purpose, connector
     from svc.probe import DatabaseProbe
+    from svc.schema import SchemaCheck
 
     settings = runtime.settings
     db = Database(url, settings)
     install_slow_query_log(db.sync_engine, settings.db_slow_query_ms)
     stack.push_async_callback(db.dispose)
-    kwargs = connect_kwargs(db.url, settings)
-    kwargs["server_settings"] = {"application_name": f"{settings.db_application_name}:health"}
-
-    async def connect(budget: float) -> asyncpg.Connection:
-        return await asyncpg.connect(**kwargs, timeout=budget)
-
+    connect = connector(url, settings, Purpose.HEALTH)
+    schema = SchemaCheck(connect, timeout=settings.health_db_timeout, ttl=settings.health_db_cache_ttl)
+    stack.push_async_callback(schema.close)
     probe = DatabaseProbe(
-        connect,
+        # A probe that had to reconnect may have reached another server: its schema is read again.
+        schema.watch(connect),
         timeout=settings.health_db_timeout,
         warn_ms=settings.health_db_warn_ms,
         ttl=settings.health_db_cache_ttl,
     )
     stack.push_async_callback(probe.close)
-    schema = SchemaCheck(connect, timeout=settings.health_db_timeout, ttl=settings.health_db_cache_ttl)
-    stack.push_async_callback(schema.close)
     runtime.db, runtime.probe, runtime.schema = db, probe, schema
     schema.start()
     probe.open_soon()
@@ -127,14 +121,9 @@ async def lifespan(app: Service) -> AsyncIterator[None]:
     runtime = app.runtime
     settings = runtime.settings
     async with AsyncExitStack() as stack:
-        url = settings.database_url
-        if url is None:
-            from svc.embedded import EmbeddedPostgres
-            from svc.settings import normalise_database_url
+        from svc.postgres import database_url
 
-            embedded = EmbeddedPostgres(settings.embedded_pg_dir)
-            url = normalise_database_url(await asyncio.to_thread(embedded.start))
-            stack.push_async_callback(asyncio.to_thread, embedded.stop)
+        url = await stack.enter_async_context(database_url(settings))
         stack.callback(flush_access_log)
         if runtime.metrics is not None:
             await stack.enter_async_context(runtime.metrics.running(runtime))
@@ -240,10 +229,6 @@ def __getattr__(name: str) -> Service:
     """
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        app = create_app()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(1) from None
+    app = create_app(load_settings_or_exit())
     globals()["app"] = app
     return app

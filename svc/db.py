@@ -1,14 +1,12 @@
 """The database: one SQLAlchemy `AsyncEngine` on asyncpg, sessions per unit of work, driver errors typed.
 
-Importing this module imports SQLAlchemy's core (not its ORM, ~8 MB and ~80 ms more): the engine
-is built on the core, and `sqlalchemy.ext.asyncio` (which imports the ORM) is imported when the
-application first uses `engine` or `session()`. A service that only answers health checks never
-pays for it.
+Importing this module imports SQLAlchemy's core, not its ORM: the engine is built on the core,
+and `sqlalchemy.ext.asyncio` (which imports the ORM) is imported when the application first uses
+`engine` or `session()`. A service that only answers health checks never loads the ORM.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,15 +15,16 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from sqlalchemy import create_engine, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import Engine
 
 from svc.errors import DatabaseError, DatabaseUnavailable
+from svc.postgres import Purpose, driver_error, engine_arguments
 from svc.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-__all__ = ["Database", "PoolStats", "connect_kwargs", "is_unavailable"]
+__all__ = ["Database", "PoolStats", "is_unavailable"]
 
 _SETTING_NAME = "app."
 
@@ -46,25 +45,12 @@ class PoolStats:
         return self.checked_out / max(1, self.size + self.max_overflow)
 
 
-def connect_kwargs(url: URL, settings: Settings) -> dict[str, Any]:
-    """`asyncpg.connect()` arguments for `url`, for connections made outside the pool."""
-    kwargs: dict[str, Any] = url.translate_connect_args(username="user", database="database")
-    for key in ("host", "ssl"):
-        if key in url.query:
-            kwargs[key] = url.query[key]
-    kwargs["statement_cache_size"] = settings.db_statement_cache_size
-    kwargs["command_timeout"] = settings.db_command_timeout
-    return kwargs
-
-
 def is_unavailable(exc: BaseException) -> bool:
     """Whether `exc` means the database cannot be reached or did not answer in time."""
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True
-        if exc.orig is not None:
-            # asyncpg's own exception is the cause of SQLAlchemy's DBAPI adapter error.
-            exc = exc.orig.__cause__ or exc.orig
+        exc = driver_error(exc)
     return isinstance(
         exc,
         (
@@ -84,19 +70,8 @@ class Database:
     """Owns the engine for one application instance; created and disposed by the lifespan."""
 
     def __init__(self, url: str, settings: Settings) -> None:
-        self.url = make_url(url)
         self.settings = settings
-        connect_args: dict[str, Any] = {
-            "timeout": settings.db_connect_timeout,
-            "command_timeout": settings.db_command_timeout,
-            "statement_cache_size": settings.db_statement_cache_size,
-            "server_settings": {"application_name": settings.db_application_name},
-        }
-        engine_url = self.url
-        if settings.db_statement_cache_size == 0:
-            # PgBouncer in transaction mode: no named statement may outlive its transaction.
-            engine_url = engine_url.update_query_dict({"prepared_statement_cache_size": "0"})
-            connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4().hex}__"
+        engine_url, connect_args = engine_arguments(url, settings, Purpose.POOL)
         # What create_async_engine() builds and wraps (asyncpg has one dialect, async): the wrapper comes later.
         self.sync_engine: Engine = create_engine(
             engine_url,

@@ -24,8 +24,8 @@ from svc.runtime import Phase, Runtime
 
 if TYPE_CHECKING:
     from svc.db import PoolStats
-    from svc.migrations import SchemaStatus
     from svc.probe import ProbeResult
+    from svc.schema import SchemaStatus
 
 __all__ = ["DatabaseHealth", "Health", "HealthBody", "Liveness", "Readiness"]
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from svc.db import Database
     from svc.metrics import Metrics
     from svc.probe import DatabaseProbe
-    from svc.migrations import SchemaCheck
+    from svc.schema import SchemaCheck
 
 __all__ = ["Phase", "Runtime"]
 

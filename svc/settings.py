@@ -310,3 +310,15 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     if errors:
         raise ConfigError(errors)
     return Settings(**values)
+
+
+def load_settings_or_exit() -> Settings:
+    """`load_settings()` for a process starting up (a command, a server, alembic).
+
+    An invalid configuration ends the process with exit status 1 and the error's message on
+    stderr (`SystemExit` carrying the message, which Python prints), never a traceback.
+    """
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise SystemExit(exc.render()) from None

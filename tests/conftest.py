@@ -8,10 +8,8 @@ import dataclasses
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,40 +22,23 @@ import pytest
 from svc.app import Service, create_app, started
 from svc.embedded import EmbeddedPostgres
 from svc.settings import Environment, Settings, normalise_database_url
-
-ROOT = Path(__file__).resolve().parent.parent
-#: Every variable the service reads (`load_settings`, and prometheus-client's own directory variable).
-SERVICE_VARIABLES = frozenset(
-    {field.name.upper() for field in dataclasses.fields(Settings)} | {"PROMETHEUS_MULTIPROC_DIR"}
+from tests.support import (
+    ROOT,
+    SERVICE_VARIABLES,
+    UvicornProcess,
+    asyncpg_dsn,
+    database_for_tests,
+    free_port,
+    migrate_to_head,
+    scrubbed_environ,
 )
-
-
-def scrubbed_environ() -> dict[str, str]:
-    """This process's environment without any variable the service reads, for the servers and commands tests start.
-
-    Whatever a developer's shell sets (ALLOWED_HOSTS, METRICS_DIR, SHUTDOWN_DRAIN_SECONDS...) would
-    otherwise change what those processes do; each test sets the variables it means.
-    """
-    return {name: value for name, value in os.environ.items() if name not in SERVICE_VARIABLES}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """The asyncpg URL of the test database: TEST_DATABASE_URL, or an embedded PostgreSQL 18."""
-    if url := os.environ.get("TEST_DATABASE_URL"):
-        yield normalise_database_url(url)
-        return
-    server = EmbeddedPostgres(ROOT / ".data" / "test-postgres")
-    try:
-        yield normalise_database_url(server.start())
-    finally:
-        server.stop()
+    with database_for_tests() as url:
+        yield url
 
 
 @pytest.fixture
@@ -111,48 +92,6 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-class UvicornProcess:
-    """A real `uvicorn svc.app:app` subprocess on a free loopback port."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, args: list[str], app: str = "svc.app:app") -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log = cwd / f"uvicorn-{self.port}.log"
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port), *args],
-            env=env,
-            cwd=cwd,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, path: str = "/health/live", timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.proc.returncode}:\n{self.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + path, timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"uvicorn did not answer {path} within {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
-        return self.proc.returncode
-
-
 @pytest.fixture
 def uvicorn(database_url: str, tmp_path: Path) -> Iterator[Callable[..., UvicornProcess]]:
     """Start `uvicorn svc.app:app` (or `app`) with the given variables (on top of a test baseline) and wait for it."""
@@ -185,10 +124,7 @@ def wait_for_workers(server: UvicornProcess, count: int, timeout: float = 30.0) 
 @pytest.fixture(scope="session")
 def migrated_database_url(database_url: str) -> str:
     """The test database, upgraded to the migration scripts' head once per session."""
-    from svc.migrations import upgrade
-
-    upgrade(Settings(app_env=Environment.TEST, database_url=database_url))
-    return database_url
+    return migrate_to_head(database_url)
 
 
 @pytest.fixture(autouse=True)
@@ -200,11 +136,6 @@ def _test_database_at_head(request: pytest.FixtureRequest) -> None:
 
 
 # --- Database helpers (issue 3: the database layer and its health) ---------------------------------------------------
-
-
-def asyncpg_dsn(url: str) -> str:
-    """`url` (the service's postgresql+asyncpg:// form) as `asyncpg.connect()` takes it."""
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 def with_database(url: str, database: str, **changes: Any) -> str:

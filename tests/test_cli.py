@@ -193,6 +193,24 @@ def test_serve_runs_the_app_with_production_flags_and_exits_0_after_a_graceful_s
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_exits_1_with_a_reason_when_the_app_fails_to_start(tmp_path: Path, workers: str) -> None:
+    # The embedded PostgreSQL cannot be started under a regular file: every worker's lifespan fails.
+    (tmp_path / "not-a-directory").write_text("")
+    result = svc(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--workers",
+        workers,
+        cwd=tmp_path,
+        EMBEDDED_PG_DIR=str(tmp_path / "not-a-directory" / "pg"),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Application startup failed" in result.stderr
+    assert result.stderr.endswith("svc: the server could not start (the reason is logged above)\n")
+
+
 def test_serve_exits_1_with_a_reason_when_the_port_is_taken(tmp_path: Path, migrated_database_url: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from svc.app import create_app
-from svc.db import connect_kwargs
+from svc.postgres import Purpose, connector
 from svc.probe import DatabaseProbe, ProbeResult, describe_failure
 from svc.settings import Settings
 from tests.conftest import asyncpg_dsn, serve
@@ -77,11 +77,7 @@ class ServerCount:
 
 def make_probe(url: str, settings: Settings, **overrides: Any) -> DatabaseProbe:
     """A probe connecting as the app's does (same connect arguments)."""
-    kwargs = connect_kwargs(make_url(url), settings)
-
-    async def connect(budget: float) -> asyncpg.Connection:
-        return await asyncpg.connect(**kwargs, timeout=budget)
-
+    connect = connector(url, settings, Purpose.HEALTH)
     options: dict[str, Any] = {"timeout": 2.0, "warn_ms": 1000.0, "ttl": 0.0, **overrides}
     return DatabaseProbe(connect, **options)
 
@@ -259,11 +255,11 @@ async def test_latency_is_the_querys_not_the_connects(
     database_url: str, make_db_settings: Callable[..., Settings]
 ) -> None:
     """A slow connect (the first after start-up, on a loaded machine) must not make the check a `warn`."""
-    kwargs = connect_kwargs(make_url(database_url), make_db_settings())
+    connect = connector(database_url, make_db_settings(), Purpose.HEALTH)
 
     async def slow_connect(budget: float) -> asyncpg.Connection:
         await asyncio.sleep(0.3)
-        return await asyncpg.connect(**kwargs, timeout=budget)
+        return await connect(budget)
 
     probe = DatabaseProbe(slow_connect, timeout=2.0, warn_ms=100.0, ttl=0.0)
     try:
@@ -280,14 +276,14 @@ async def test_latency_is_the_querys_not_the_connects(
 async def test_a_check_during_connect_ahead_uses_that_connection(
     database_url: str, make_db_settings: Callable[..., Settings]
 ) -> None:
-    kwargs = connect_kwargs(make_url(database_url), make_db_settings())
+    connect = connector(database_url, make_db_settings(), Purpose.HEALTH)
     connects = 0
 
     async def counting_connect(budget: float) -> asyncpg.Connection:
         nonlocal connects
         connects += 1
         await asyncio.sleep(0.05)
-        return await asyncpg.connect(**kwargs, timeout=budget)
+        return await connect(budget)
 
     probe = DatabaseProbe(counting_connect, timeout=2.0, warn_ms=1000.0, ttl=0.0)
     try:

@@ -21,9 +21,10 @@ import httpx
 import pytest
 
 import svc.app
+import svc.schema
 from svc.app import create_app, started
-from svc.migrations import ROOT as PROJECT_ROOT
-from svc.migrations import SchemaCheck, Scripts, read_script_heads, read_scripts
+from svc.migrations import alembic_config, read_scripts
+from svc.schema import SchemaCheck, Scripts, read_script_heads
 from svc.settings import Settings
 from tests.conftest import ROOT, scrubbed_environ, serve
 
@@ -187,10 +188,8 @@ async def test_health_routes_work_under_a_root_path(make_settings: Callable[...,
 # --- Migration heads without alembic ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", [[], [PROJECT_ROOT / "tests" / "migration_scripts"]], ids=["service", "with-tests"])
+@pytest.mark.parametrize("extra", [[], [ROOT / "tests" / "migration_scripts"]], ids=["service", "with-tests"])
 def test_script_heads_read_without_alembic_agree_with_alembic(extra: list[Path]) -> None:
-    from svc.migrations import alembic_config
-
     assert read_script_heads(extra) == read_scripts(alembic_config(version_locations=extra))
 
 
@@ -216,13 +215,11 @@ branch_labels = None
 def test_script_heads_of_branches_and_merges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, tuple[str, str]], heads: tuple[str, ...]
 ) -> None:
-    import svc.migrations
-
     versions = tmp_path / "migrations" / "versions"
     versions.mkdir(parents=True)
     for name, (revision, down) in files.items():
         (versions / name).write_text(SCRIPT.format(revision=revision, down=down))
-    monkeypatch.setattr(svc.migrations, "SCRIPT_LOCATION", tmp_path / "migrations")
+    monkeypatch.setattr(svc.schema, "SCRIPT_LOCATION", tmp_path / "migrations")
     assert read_script_heads() == Scripts(heads, frozenset(v[0].strip("\"'") for v in files.values()))
 
 
@@ -232,7 +229,7 @@ def test_script_heads_defer_to_alembic_for_what_is_not_plain(tmp_path: Path, mon
     versions = tmp_path / "migrations" / "versions"
     versions.mkdir(parents=True)
     (versions / "a.py").write_text("revision = make_id()\ndown_revision = None\n")
-    monkeypatch.setattr(svc.migrations, "SCRIPT_LOCATION", tmp_path / "migrations")
+    monkeypatch.setattr(svc.schema, "SCRIPT_LOCATION", tmp_path / "migrations")
     deferred: list[object] = []
     monkeypatch.setattr(svc.migrations, "read_scripts", lambda cfg: deferred.append(cfg) or Scripts((), frozenset()))
     read_script_heads()
