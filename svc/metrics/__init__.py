@@ -52,8 +52,9 @@ class Metrics:
     """The service's metrics for one application: recorded by `svc.middleware.EdgeMiddleware`, shown by `MetricsEndpoint`.
 
     `in_flight` is the number of requests being answered (the edge counts it); `observe` records
-    an answered one. In multiprocess mode, `multiprocess_dir` is the run's directory, and
-    `running` must surround the time the application serves.
+    an answered one. `render` and `running` read the pool, the probe and the schema check from a
+    `Runtime`. In multiprocess mode, `multiprocess_dir` is the run's directory, and `running` must
+    surround the time the application serves.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -102,7 +103,7 @@ class Metrics:
         return tally
 
     def report(self, runtime: Runtime | None) -> Report:
-        """This process's report; without `runtime`, its counts only (no gauges)."""
+        """This process's report; without `runtime` (a worker that stops), nothing read from the runtime."""
         requests = [
             Series(method, route, status, list(tally)) for (method, route, status), tally in self.series.items()
         ]
