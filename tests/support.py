@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 #: Every variable the service reads (`load_settings`, and prometheus-client's own directory variable).
 SERVICE_VARIABLES = frozenset(
-    {field.name.upper() for field in dataclasses.fields(Settings)} | {"PROMETHEUS_MULTIPROC_DIR"}
+    {field.name.upper() for field in dataclasses.fields(Settings)}
 )
 
 

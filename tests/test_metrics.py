@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from svc.app import create_app
+from svc.clock import utc_now
 from svc.context import UNMATCHED
-from svc.settings import Settings
+from svc.db import PoolStats
+from svc.metrics import Metrics
+from svc.schema import SchemaStatus
+from svc.probe import ProbeResult
+from svc.settings import Environment, Settings
 from tests.conftest import ROOT, serve
 
 TOKEN = "metrics-token-0123456789"
@@ -130,31 +138,144 @@ async def test_in_flight_counts_requests_being_answered(make_settings: Callable[
     assert after[("http_requests_in_flight", frozenset())] == 1
 
 
-async def test_pool_probe_and_schema_gauges_are_read_at_scrape_time(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(db_pool_size=3)
-    app = create_app(settings)
-    async with serve(app) as client:
-        assert (await client.get("/health/db")).status_code == 200
-        async with app.runtime.db.session() as session:
-            await session.execute(text("SELECT 1"))  # a session takes a connection on first use
-            held = await scrape(client)
-        released = await scrape(client)
-        latency_ms = app.runtime.probe.last.latency_ms
+MODES = ("one process", "multiprocess")
+PLAIN = "text/plain; version=0.0.4; charset=utf-8"
 
-    assert held[("svc_db_pool_size", frozenset())] == 3
-    assert held[("svc_db_pool_checked_out", frozenset())] == 1
-    assert released[("svc_db_pool_checked_out", frozenset())] == 0
-    assert released[("svc_db_pool_overflow", frozenset())] == 0
-    assert released[("svc_db_probe_latency_seconds", frozenset())] == pytest.approx(latency_ms / 1000)
-    status = series(released, "svc_health_check_status")
-    assert status == {
-        ("postgresql:responseTime", "pass"): 1,
+
+@dataclasses.dataclass
+class Latest:
+    """A stand-in for the probe or the schema check: its last result."""
+
+    last: Any = None
+
+
+@dataclasses.dataclass
+class Engine:
+    """A stand-in for `svc.db.Database`: its pool's counters."""
+
+    stats: PoolStats
+
+    def pool_stats(self) -> PoolStats:
+        return self.stats
+
+
+@dataclasses.dataclass
+class Runtime:
+    """A stand-in for the application's runtime, as start-up leaves it before the database is set up."""
+
+    db: Any = None
+    probe: Any = None
+    schema: Any = None
+
+
+@pytest.fixture
+def make_metrics(tmp_path: Path) -> Callable[[str], Metrics]:
+    """`Metrics` in one of `MODES`: a multiprocess run in this test's own directory."""
+
+    def make(mode: str) -> Metrics:
+        directory = tmp_path / "metrics" if mode == "multiprocess" else None
+        metrics = Metrics(Settings(app_env=Environment.TEST, app_version="1.2.3", metrics_dir=directory))
+        assert (metrics.multiprocess_dir is not None) == (mode == "multiprocess")
+        return metrics
+
+    return make
+
+
+def render(metrics: Metrics, runtime: Runtime, accept: str = "") -> Samples:
+    body, content_type = metrics.render(runtime, accept)
+    assert content_type == PLAIN
+    return samples(body.decode())
+
+
+def probed(status: str, latency_ms: float | None) -> ProbeResult:
+    return ProbeResult(status, utc_now(), time.monotonic(), latency_ms)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pool_probe_and_schema_gauges_are_read_at_scrape_time(
+    make_metrics: Callable[[str], Metrics], mode: str
+) -> None:
+    metrics = make_metrics(mode)
+    runtime = Runtime(
+        db=Engine(PoolStats(size=3, checked_in=2, checked_out=1, overflow=0, max_overflow=2)),
+        probe=Latest(probed("fail", None)),
+        schema=Latest(SchemaStatus("warn", utc_now(), time.monotonic())),
+    )
+    failing = render(metrics, runtime)
+    runtime.db.stats = PoolStats(size=3, checked_in=0, checked_out=4, overflow=1, max_overflow=2)
+    runtime.probe.last = probed("pass", 2.5)
+    passing = render(metrics, runtime)
+
+    assert failing[("svc_db_pool_size", frozenset())] == 3
+    assert failing[("svc_db_pool_checked_out", frozenset())] == 1
+    assert failing[("svc_db_pool_overflow", frozenset())] == 0
+    assert math.isnan(failing[("svc_db_probe_latency_seconds", frozenset())])
+    assert series(failing, "svc_health_check_status") == {
+        ("postgresql:responseTime", "pass"): 0,
         ("postgresql:responseTime", "warn"): 0,
-        ("postgresql:responseTime", "fail"): 0,
-        ("postgresql:migrations", "pass"): 1,
-        ("postgresql:migrations", "warn"): 0,
+        ("postgresql:responseTime", "fail"): 1,
+        ("postgresql:migrations", "pass"): 0,
+        ("postgresql:migrations", "warn"): 1,
         ("postgresql:migrations", "fail"): 0,
     }
+    assert passing[("svc_db_pool_checked_out", frozenset())] == 4
+    assert passing[("svc_db_pool_overflow", frozenset())] == 1
+    assert passing[("svc_db_probe_latency_seconds", frozenset())] == pytest.approx(0.0025)
+    assert series(passing, "svc_health_check_status")[("postgresql:responseTime", "pass")] == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nothing_measured_has_no_sample_until_it_is(make_metrics: Callable[[str], Metrics], mode: str) -> None:
+    metrics = make_metrics(mode)
+    runtime = Runtime()  # before start-up
+    starting = render(metrics, runtime)
+    runtime.probe, runtime.schema = Latest(), Latest()  # made, and not run yet
+    unprobed = render(metrics, runtime)
+
+    for found in (starting, unprobed):
+        assert ("svc_db_probe_latency_seconds", frozenset()) not in found
+        assert ("svc_db_pool_size", frozenset()) not in found
+        assert not series(found, "svc_health_check_status")
+        assert found[("http_requests_in_flight", frozenset())] == 0
+
+
+def shape(body: bytes) -> dict[str, tuple[str, frozenset[tuple[str, ...]]]]:
+    """Each family's type and the label names of its samples."""
+    return {
+        family.name: (family.type, frozenset(tuple(sorted(s.labels)) for s in family.samples))
+        for family in text_string_to_metric_families(body.decode())
+    }
+
+
+def test_one_process_and_a_run_of_workers_show_the_same_families(make_metrics: Callable[[str], Metrics]) -> None:
+    runtime = Runtime(probe=Latest(probed("pass", 1.0)), schema=Latest())
+    shapes = []
+    for mode in MODES:
+        metrics = make_metrics(mode)
+        metrics.observe("GET", "/items/{item_id}", 200, 0.003)
+        shapes.append(shape(metrics.render(runtime, "")[0]))
+
+    one, run = shapes
+    assert one == run
+    assert one["process_cpu_seconds"] == ("counter", frozenset({()}))
+    assert one["process_resident_memory_bytes"] == ("gauge", frozenset({()}))
+    assert one["python_gc_collections"] == ("counter", frozenset({("generation",)}))
+
+
+# prometheus-client compares the version it could not parse with a tuple, and raises.
+UNPARSABLE_VERSIONS = (
+    "application/openmetrics-text; version=garbage",
+    "application/openmetrics-text; version=1.0.0-rc1",
+    "text/plain; version=1.0.0-rc1",
+)
+
+
+@pytest.mark.parametrize("accept", UNPARSABLE_VERSIONS)
+def test_a_format_version_that_cannot_be_parsed_gets_the_plain_text_format(
+    make_metrics: Callable[[str], Metrics], accept: str
+) -> None:
+    found = render(make_metrics("one process"), Runtime(), accept)
+    assert found[("http_requests_in_flight", frozenset())] == 0
 
 
 async def test_a_failed_probe_shows_as_fail_with_no_latency(

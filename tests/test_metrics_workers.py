@@ -1,21 +1,22 @@
-"""`/metrics` under `uvicorn --workers 2`: totals over workers, dead workers' gauges removed, a fresh start per run."""
+"""`/metrics` of real servers: totals over `--workers 2`, a killed worker's gauges removed, a fresh start per run,
+the same families with one worker and two, and any `Accept` header answered."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, UvicornProcess, scrubbed_environ, wait_for_workers
-from tests.test_metrics import Samples, samples, series
+from svc.metrics.files import read_run
+from svc.process import alive
+from tests.conftest import UvicornProcess, wait_for_workers
+from tests.test_metrics import PLAIN, UNPARSABLE_VERSIONS, Samples, samples, series
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -32,9 +33,15 @@ def scrape(server: UvicornProcess) -> Samples:
     return samples(response.text)
 
 
-def pids(found: Samples) -> set[int]:
-    """The workers that publish process metrics (multiprocess mode labels them by pid)."""
-    return {int(dict(labels)["pid"]) for name, labels in found if name == "process_start_time_seconds"}
+def worker_pids(run_dir: Path) -> set[int]:
+    """The live processes that have a file in the run (each worker names its file after its pid)."""
+    found = {int(path.name.split("-", 1)[0]) for path in run_dir.glob("*.report")}
+    return {pid for pid in found if alive(pid)}
+
+
+def counted(run_dir: Path) -> int:
+    """How many workers' files count requests to /health/live."""
+    return sum(any(series.route == "/health/live" for series in report.requests) for report, _ in read_run(run_dir))
 
 
 def eventually(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -58,10 +65,10 @@ def test_two_workers_report_summed_totals_and_a_killed_workers_gauges_leave(
     wait_for_workers(server, 2)  # answering proves one worker up; both must be before they can share the requests
     [run_dir] = base.iterdir()
 
-    # Requests on new connections until both workers have recorded some (each writes its own file).
+    # Requests on new connections until both workers have recorded (and published) some.
     sent = 0
     deadline = time.monotonic() + 20
-    while len(list(run_dir.glob("histogram_*.db"))) < 2:
+    while counted(run_dir) < 2:
         assert httpx.get(server.base_url + "/health/live").status_code == 200
         sent += 1
         assert time.monotonic() < deadline, f"one worker answered all {sent} requests"
@@ -71,32 +78,22 @@ def test_two_workers_report_summed_totals_and_a_killed_workers_gauges_leave(
 
     last: Samples = {}
 
-    def settled(expected_pool: int, excluded: frozenset[int] = frozenset()) -> bool:
+    def settled() -> bool:
         nonlocal last
         last = scrape(server)
-        workers = pids(last)
-        return (
-            live_total(last) == sent
-            and last.get(("svc_db_pool_size", frozenset())) == expected_pool
-            and len(workers) == 2
-            and not workers & excluded
-        )
+        return live_total(last) == sent and last.get(("svc_db_pool_size", frozenset())) == 2 * POOL_SIZE
 
-    eventually(lambda: settled(2 * POOL_SIZE), "the totals of both workers")
-    assert live_total(last) == sent
-    assert last[("svc_db_pool_size", frozenset())] == 2 * POOL_SIZE
-    workers = pids(last)
+    eventually(settled, "the totals and pools of both workers")
+    workers = worker_pids(run_dir)
     assert len(workers) == 2
 
-    # uvicorn replaces a killed worker; its counts stay in the totals, its gauges leave with it.
+    # uvicorn replaces a killed worker; its counts stay in the totals, its gauges leave with it (or the
+    # replacement's pool would make three).
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
-    eventually(
-        lambda: settled(2 * POOL_SIZE, frozenset({victim})), "the replacement worker, without the killed one's gauges"
-    )
-    assert live_total(last) == sent
-    assert not list(run_dir.glob(f"gauge_live*_{victim}.db"))
-    assert list(run_dir.glob(f"histogram_{victim}.db"))
+    eventually(lambda: len(worker_pids(run_dir) - {victim}) == 2, "the replacement worker")
+    eventually(settled, "the totals, and the pools of the two live workers")
+    assert victim not in worker_pids(run_dir)
 
 
 def test_a_new_server_starts_from_zero_and_removes_the_previous_runs_files(
@@ -113,6 +110,7 @@ def test_a_new_server_starts_from_zero_and_removes_the_previous_runs_files(
     # One process this time: METRICS_DIR alone turns multiprocess mode on.
     second = uvicorn(wait=False, METRICS_DIR=str(base))
     second.wait_ready(STARTED)
+    wait_for_workers(second, 1)
     assert live_total(scrape(second)) == 0
     [second_run] = base.iterdir()
     assert second_run != first_run
@@ -130,58 +128,43 @@ def test_an_unusable_metrics_directory_leaves_each_worker_serving_its_own_metric
 
     assert httpx.get(server.base_url + "/health/live").status_code == 200
     found = scrape(server)
-    # Single-process metrics: one worker's own, its process gauges not labelled by pid.
+    # Single-process metrics: one worker's own.
     assert ("process_resident_memory_bytes", frozenset()) in found
     assert server.output().count("metrics are this process's only, not summed over workers") == 2
     assert server.stop() == 0
     assert "Traceback" not in server.output()
 
 
-# The worker's last publication runs after the engine was closed; here reading the pool fails then.
-LAST_PUBLICATION = """
-import asyncio, json, sys, types
-from pathlib import Path
-from svc.logging import configure_logging
-from svc.metrics import Metrics
-from svc.settings import Environment, Settings
+def families(server: UvicornProcess) -> dict[str, str]:
+    response = httpx.get(server.base_url + "/metrics", timeout=5)
+    assert response.status_code == 200, response.text
+    found = list(text_string_to_metric_families(response.text))
+    assert not [s for family in found for s in family.samples if "pid" in s.labels]
+    return {family.name: family.type for family in found}
 
 
-class ClosedEngine:
-    def pool_stats(self):
-        raise RuntimeError("the engine is closed")
+def test_one_worker_and_two_show_the_same_families(uvicorn: Callable[..., UvicornProcess], tmp_path: Path) -> None:
+    one = uvicorn(wait=False)
+    two = uvicorn("--workers", "2", wait=False, METRICS_DIR=str(tmp_path / "metrics"))
+    for server, workers in ((one, 1), (two, 2)):
+        server.wait_ready(STARTED)
+        wait_for_workers(server, workers)
+
+    shown = families(one)
+    assert families(two) == shown
+    assert shown["process_cpu_seconds"] == "counter"
+    assert shown["process_start_time_seconds"] == "gauge"
 
 
-async def main():
-    configure_logging("INFO", "json")
-    metrics = Metrics(Settings(app_env=Environment.TEST, metrics_dir=Path(sys.argv[1])))
-    state = types.SimpleNamespace(db=None, probe=None, schema=None)
-    async with metrics.running(state):
-        await asyncio.sleep(0.1)  # the first publication
-        before = sorted(path.name for path in metrics.multiprocess_dir.glob("gauge_live*.db"))
-        state.db = ClosedEngine()
-    after = sorted(path.name for path in metrics.multiprocess_dir.glob("gauge_live*.db"))
-    print(json.dumps({"before": before, "after": after}))
-
-
-asyncio.run(main())
-"""
-
-
-def test_a_failed_last_publication_is_a_warning_and_the_workers_gauges_still_leave(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", LAST_PUBLICATION, str(tmp_path / "metrics")],
-        env={**scrubbed_environ(), "PYTHONPATH": str(ROOT)},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    files = json.loads(result.stdout)
-    assert files["before"], "the worker published no live gauges to remove"
-    assert files["after"] == []
-    [warning] = [json.loads(line) for line in result.stderr.splitlines() if "last metrics" in line]
-    assert warning["level"] == "WARNING"
-    assert warning["message"] == "Publishing this worker's last metrics failed: RuntimeError('the engine is closed')"
-    assert "Traceback" not in result.stderr
+def test_a_scrape_asking_for_a_format_version_that_cannot_be_parsed_gets_plain_text(
+    uvicorn: Callable[..., UvicornProcess],
+) -> None:
+    server = uvicorn()
+    wait_for_workers(server, 1)
+    for accept in UNPARSABLE_VERSIONS:
+        response = httpx.get(server.base_url + "/metrics", headers={"Accept": accept}, timeout=5)
+        assert response.status_code == 200, accept
+        assert response.headers["content-type"] == PLAIN
+        assert ("http_requests_in_flight", frozenset()) in samples(response.text)
+    assert server.stop() == 0
+    assert "Traceback" not in server.output()
