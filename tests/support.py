@@ -21,9 +21,7 @@ from svc.settings import Environment, Settings, normalise_database_url
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 #: Every variable the service reads (`load_settings`, and prometheus-client's own directory variable).
-SERVICE_VARIABLES = frozenset(
-    {field.name.upper() for field in dataclasses.fields(Settings)}
-)
+SERVICE_VARIABLES = frozenset({field.name.upper() for field in dataclasses.fields(Settings)})
 
 
 def scrubbed_environ() -> dict[str, str]:

@@ -26,8 +26,8 @@ from svc.clock import utc_now
 from svc.context import UNMATCHED
 from svc.db import PoolStats
 from svc.metrics import Metrics
-from svc.schema import SchemaStatus
 from svc.probe import ProbeResult
+from svc.schema import SchemaStatus
 from svc.settings import Environment, Settings
 from tests.conftest import ROOT, serve
 

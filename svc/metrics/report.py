@@ -22,8 +22,8 @@ import msgspec
 
 if TYPE_CHECKING:
     from svc.db import PoolStats
-    from svc.schema import SchemaStatus
     from svc.probe import ProbeResult
+    from svc.schema import SchemaStatus
 
 __all__ = ["Check", "Family", "Latency", "Pool", "Report", "Runtime", "Sample", "Series", "combine", "gauges"]
 
