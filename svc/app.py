@@ -39,7 +39,7 @@ HEALTH_METHODS = ("GET", "HEAD")
 
 
 def _import_database_modules() -> None:
-    """What the database side needs (SQLAlchemy's core takes ~150 ms; its ORM waits for first use): run in a thread."""
+    """Import what the database side needs (SQLAlchemy's core; its ORM waits for first use): run it in a thread."""
     import sqlalchemy.dialects.postgresql.asyncpg  # noqa: F401 - create_async_engine loads it by name
 
     import svc.db

@@ -1,7 +1,7 @@
 """Wall-clock timestamps for health bodies and log lines: RFC 3339 UTC, millisecond precision.
 
-Formatting a timestamp costs more than the rest of a health response: it is done once per
-millisecond and reused by everything that asks within the same millisecond.
+A timestamp is formatted once per millisecond and reused by everything that asks within the same
+millisecond (see bench/README.md for what formatting costs against a health answer).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def utc_text(epoch_ms: int) -> str:
     global _seconds
     seconds, ms = divmod(epoch_ms, 1000)
     cached = _seconds
-    if cached[0] != seconds:  # strftime costs more than the rest: once a second
+    if cached[0] != seconds:  # strftime is the slow part: once a second
         cached = _seconds = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
     return f"{cached[1]}.{ms:03d}Z"
 

@@ -183,10 +183,10 @@ class Guarded:
             async with asyncio.timeout_at(deadline):
                 return await probe.check()
         except TimeoutError:
-            from svc.probe import ProbeResult, describe_failure
+            from svc.probe import ProbeResult
 
-            timeout = self.runtime.settings.health_db_timeout
-            return ProbeResult("fail", utc_now(), time.monotonic(), output=describe_failure(TimeoutError(), timeout))
+            output = f"The database check did not complete within {self.runtime.settings.health_db_timeout:g} s."
+            return ProbeResult("fail", utc_now(), time.monotonic(), output=output)
 
     async def schema_status(self, result: ProbeResult, deadline: float) -> SchemaStatus | None:
         """The schema check: from memory once at head, or while the database check fails; else (re-)read."""

@@ -248,6 +248,18 @@ async def test_json_access_line_carries_id_method_route_status_duration_and_byte
     }
 
 
+@pytest.mark.parametrize("path", ["/health", "/health/live", "/nope", "/openapi.json"])
+async def test_a_head_request_is_recorded_with_no_body_bytes_whoever_answers(
+    make_settings: Callable[..., Settings], path: str
+) -> None:
+    async with app_logging_to("json", make_settings) as (client, stream):
+        response = await client.head(path)
+        [entry] = access_entries(stream)
+    assert response.content == b""
+    assert int(response.headers["content-length"]) > 0
+    assert entry["bytes"] == 0
+
+
 async def test_unknown_paths_share_one_route_value(make_settings: Callable[..., Settings]) -> None:
     async with app_logging_to("json", make_settings) as (client, stream):
         for n in range(5):

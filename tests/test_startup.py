@@ -19,10 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import Response
 
 import svc.app
 import svc.schema
 from svc.app import create_app, started
+from svc.http.routing import Route
 from svc.migrations import alembic_config, read_scripts
 from svc.schema import SchemaCheck, Scripts, read_script_heads
 from svc.settings import Settings
@@ -110,6 +114,28 @@ async def test_readiness_says_starting_up_when_start_up_takes_longer_than_it_wai
                 assert response.json() == {"status": "fail", "output": "Starting up."}
     # Shutdown cancelled the start-up that never finished.
     assert app.runtime.startup.cancelled()
+
+
+async def test_a_route_that_needs_the_database_during_start_up_gets_a_503_problem_with_retry_after(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def never(*args: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def count(request: Request) -> Response:
+        async with request.app.runtime.database().session() as session:
+            return Response(str(await session.scalar(text("SELECT 1"))))
+
+    monkeypatch.setattr(svc.app, "start_database", never)
+    app = create_app(make_settings(), routes=[Route("/count", count)])
+    async with app.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.get("/count")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "The service is not ready: Starting up."
 
 
 async def test_a_failed_start_up_is_logged_and_keeps_readiness_503(

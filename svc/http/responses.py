@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import msgspec
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Send
 
-__all__ = ["Encoded", "send_response"]
+__all__ = ["JSON_TYPE", "Encoded", "json_response", "send_response"]
+
+JSON_TYPE = b"application/json"
+_json = msgspec.json.Encoder()
 
 
 class Encoded(Response):
@@ -31,6 +35,11 @@ class Encoded(Response):
         self.body = body
         self.background = background
         self.raw_headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *headers]
+
+
+def json_response(content: object, status_code: int = 200, headers: Iterable[tuple[bytes, bytes]] = ()) -> Encoded:
+    """`content` (a msgspec Struct, or anything msgspec encodes) as an `application/json` response."""
+    return Encoded(_json.encode(content), status_code, headers, content_type=JSON_TYPE)
 
 
 async def send_response(send: Send, response: Response, headers: Sequence[tuple[bytes, bytes]], *, head: bool) -> int:
