@@ -182,10 +182,10 @@ class Guarded:
         try:
             async with asyncio.timeout_at(deadline):
                 return await probe.check()
-        except TimeoutError:
-            from svc.probe import ProbeResult
+        except TimeoutError:  # the budget ran out first (it counts from the request's arrival): no answer in time
+            from svc.probe import ProbeResult, describe_failure
 
-            output = f"The database check did not complete within {self.runtime.settings.health_db_timeout:g} s."
+            output = describe_failure(TimeoutError(), self.runtime.settings.health_db_timeout)
             return ProbeResult("fail", utc_now(), time.monotonic(), output=output)
 
     async def schema_status(self, result: ProbeResult, deadline: float) -> SchemaStatus | None:

@@ -129,8 +129,7 @@ def unreachable(request: pytest.FixtureRequest) -> tuple[str, str]:
     port = request.getfixturevalue(f"{request.param}_port")
     url = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/appdb"
     words = (
-        # A silent server: the probe's timeout, or the request's budget running out first (the same bound).
-        "PostgreSQL refused the connection." if request.param == "refused" else f"within {TIMEOUT:g} s"
+        "PostgreSQL refused the connection." if request.param == "refused" else f"did not answer within {TIMEOUT:g} s"
     )
     return url, words
 
