@@ -18,7 +18,7 @@ import threading
 import svc.logging
 from svc.clock import utc_now
 from svc.context import request_id
-from svc.logging import SvcHandler
+from svc.logging import Line, SvcHandler
 
 __all__ = ["AccessLog", "flush_access_log"]
 
@@ -138,6 +138,6 @@ class AccessLog:
             self.logger.info("%s", message, extra=extra)
             return
         line = handler.formatter.line(
-            utc_now(), self._level_name, self.logger.name, message, rid=request_id.get(), extras=extra
+            Line(utc_now(), self._level_name, self.logger.name, message, request_id.get(), extra)
         )
         _lines.add(handler, line)

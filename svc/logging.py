@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import msgspec
 
 from svc.context import request_id
 
-__all__ = ["ConsoleFormatter", "JsonFormatter", "LineFormatter", "SvcHandler", "configure_logging"]
+__all__ = ["ConsoleFormatter", "JsonFormatter", "Line", "LineFormatter", "SvcHandler", "configure_logging"]
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id", "taskName"}
@@ -38,26 +38,28 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class Line(NamedTuple):
+    """The fields of one log line."""
+
+    timestamp: str
+    level: str
+    logger: str
+    message: str
+    request_id: str | None
+    extras: dict[str, Any]
+    exception: str | None = None
+
+
 class LineFormatter(logging.Formatter):
     """A formatter whose output for a record is `line()` of the record's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         exception = self.formatException(record.exc_info) if record.exc_info else None
         rid = getattr(record, "request_id", None)
-        fields = (_timestamp(record), record.levelname, record.name, record.getMessage())
-        return self.line(*fields, rid=rid, extras=_extras(record), exception=exception).decode()
+        fields = Line(_timestamp(record), record.levelname, record.name, record.getMessage(), rid, _extras(record))
+        return self.line(fields._replace(exception=exception)).decode()
 
-    def line(
-        self,
-        timestamp: str,
-        level: str,
-        logger: str,
-        message: str,
-        *,
-        rid: str | None,
-        extras: dict[str, Any],
-        exception: str | None = None,
-    ) -> bytes:
+    def line(self, fields: Line) -> bytes:
         """The line for these fields, without its newline (also what `svc.access` writes without a record)."""
         raise NotImplementedError
 
@@ -65,49 +67,29 @@ class LineFormatter(logging.Formatter):
 class JsonFormatter(LineFormatter):
     """One JSON object per line: timestamp, level, logger, message, request_id, any extras, and the exception."""
 
-    def line(
-        self,
-        timestamp: str,
-        level: str,
-        logger: str,
-        message: str,
-        *,
-        rid: str | None,
-        extras: dict[str, Any],
-        exception: str | None = None,
-    ) -> bytes:
+    def line(self, fields: Line) -> bytes:
         entry: dict[str, Any] = {
-            "timestamp": timestamp,
-            "level": level,
-            "logger": logger,
-            "message": message,
-            "request_id": rid,
+            "timestamp": fields.timestamp,
+            "level": fields.level,
+            "logger": fields.logger,
+            "message": fields.message,
+            "request_id": fields.request_id,
         }
-        entry.update(extras)
-        if exception is not None:
-            entry["exception"] = exception
+        entry.update(fields.extras)
+        if fields.exception is not None:
+            entry["exception"] = fields.exception
         return _encoder.encode(entry)
 
 
 class ConsoleFormatter(LineFormatter):
     """Readable single lines for a terminal (extras are not shown)."""
 
-    def line(
-        self,
-        timestamp: str,
-        level: str,
-        logger: str,
-        message: str,
-        *,
-        rid: str | None,
-        extras: dict[str, Any],
-        exception: str | None = None,
-    ) -> bytes:
-        line = f"{timestamp} {level:<8} {logger}: {message}"
-        if rid:
-            line += f" [request_id={rid}]"
-        if exception is not None:
-            line += "\n" + exception
+    def line(self, fields: Line) -> bytes:
+        line = f"{fields.timestamp} {fields.level:<8} {fields.logger}: {fields.message}"
+        if fields.request_id:
+            line += f" [request_id={fields.request_id}]"
+        if fields.exception is not None:
+            line += "\n" + fields.exception
         return line.encode()
 
 
