@@ -134,3 +134,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await _shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def send_with_headers(send: Any, response: Any, headers: list[tuple[bytes, bytes]]) -> None:
+    """Send a Starlette response that has its body, `headers` first (as svc's edge does)."""
+    await send(
+        {"type": "http.response.start", "status": response.status_code, "headers": [*headers, *response.raw_headers]}
+    )
+    await send({"type": "http.response.body", "body": response.body})

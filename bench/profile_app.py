@@ -56,31 +56,36 @@ async def profile(app: Any, path: str, calls: int, profiler: str, out: io.TextIO
 
 
 async def layers(app: Any, path: str, calls: int, repeats: int = 60) -> None:
-    """What each layer adds to a call of `path`: the raw-ASGI floor, the endpoint alone, Starlette's
-    own stack (router, ServerErrorMiddleware, ExceptionMiddleware), then svc's middleware one by one."""
+    """What each part of the request path adds to a call of `path`: the raw-ASGI floor, the endpoint
+    alone (its response sent with fixed headers), the router's lookup on top, then the app as built
+    (the edge: request id, limits, headers, metrics, access line)."""
     import baseline
-    from starlette.routing import Route
+    from starlette.requests import Request
+
+        from svc.http.routing import Route, Target
 
     async with app.lifespan_context(app):
         await started(app)
         await request(app, "/health/ready")
         stages: list[tuple[str, Any]] = [("raw ASGI floor (bench/baseline.py)", baseline.app)]
-        endpoint = next((r.app for r in app.routes if isinstance(r, Route) and r.path == path), None)
-        if endpoint is not None:
+        route = next((r for r in app.routes if isinstance(r, Route) and r.path == path), None)
+        if route is not None:
 
             async def bare(scope: Any, receive: Any, send: Any) -> None:
                 scope["app"] = app
-                await endpoint(scope, receive, send)
+                response = await route.handler(Request(scope, receive))
+                await baseline.send_with_headers(send, response, baseline.SVC_HEADERS)
 
-            stages.append(("endpoint alone", bare))
-        user = list(app.user_middleware)
-        for k in range(len(user) + 1):
-            # The app's own class (svc's Service drops Starlette's redundant ServerErrorMiddleware).
-            stack = type(app)(routes=app.routes, middleware=user[:k], exception_handlers=app.exception_handlers)
-            stack.state = app.state
-            label = "Starlette + router" if k == 0 else f"+ {getattr(user[k - 1].cls, '__name__', user[k - 1].cls)}"
-            stages.append((label, stack))
-        stages.append(("svc app as built", app))
+            async def routed(scope: Any, receive: Any, send: Any) -> None:
+                scope["app"] = app
+                target = app.router.match(scope)
+                assert isinstance(target, Target)
+                assert target.handler is not None
+                response = await target.handler(Request(scope, receive))
+                await baseline.send_with_headers(send, response, baseline.SVC_HEADERS)
+
+            stages += [("endpoint alone", bare), ("+ router", routed)]
+        stages.append(("svc app as built (+ edge)", app))
         runs = [batch_runner(stage, path, calls) for _, stage in stages]
         best = [float("inf")] * len(stages)
         for run in runs:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from baseline import SVC_HEADERS
+from baseline import SVC_HEADERS, send_with_headers
 from starlette.requests import Request
 
 from svc.app import create_app
-from svc.http.responses import send_response
 from svc.http.routing import Route
 
 _svc = create_app()
@@ -26,4 +25,4 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return await _svc(scope, receive, send)
     scope["app"] = _svc
     response = await _endpoints[scope["path"]](Request(scope, receive))
-    await send_response(send, response, SVC_HEADERS, head=scope["method"] == "HEAD")
+    await send_with_headers(send, response, SVC_HEADERS)

@@ -32,7 +32,7 @@ from svc.runtime import Phase, Runtime
 from svc.settings import DEVELOPMENT_SECRET_KEY, Settings, load_settings, load_settings_or_exit
 from svc.shutdown import drain_on_signals
 
-__all__ = ["Service", "create_app", "lifespan", "started"]
+__all__ = ["App", "create_app", "lifespan", "started"]
 
 logger = logging.getLogger("svc")
 HEALTH_METHODS = ("GET", "HEAD")
@@ -98,7 +98,7 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-async def started(app: Service) -> bool:
+async def started(app: App) -> bool:
     """Wait for the lifespan's background start-up to finish; whether it succeeded (bound it with `asyncio.timeout`).
 
     True at once when there is none (the lifespan has not run).
@@ -111,7 +111,7 @@ async def started(app: Service) -> bool:
 
 
 @asynccontextmanager
-async def lifespan(app: Service) -> AsyncIterator[None]:
+async def lifespan(app: App) -> AsyncIterator[None]:
     """Start the database (embedded if no URL), create the engine, probe and schema check; undo it all on shutdown.
 
     The database need not be reachable: the service starts, and readiness reports it. The engine,
@@ -149,10 +149,10 @@ def _report_failure(runtime: Runtime) -> Callable[[asyncio.Task[None]], None]:
     return done
 
 
-Lifespan = Callable[["Service"], AbstractAsyncContextManager[None]]
+Lifespan = Callable[["App"], AbstractAsyncContextManager[None]]
 
 
-class Service:
+class App:
     """The ASGI application: lifespan messages run the lifespan; requests go through the edge to the router.
 
     `runtime` holds what the lifespan makes; `state` is free for the service's own objects
@@ -197,7 +197,7 @@ class Service:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()) -> Service:
+def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()) -> App:
     """Build the application for `settings` (read from the environment when omitted).
 
     `routes` come after the built-in health routes and `/metrics`, and before `/openapi.json`,
@@ -218,10 +218,10 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     if metrics is not None:
         builtin.append(Route("/metrics", MetricsEndpoint(runtime, metrics), methods=HEALTH_METHODS))
     described = [*builtin, *routes]
-    return Service(runtime, [*described, openapi_route(settings, described)])
+    return App(runtime, [*described, openapi_route(settings, described)])
 
 
-def __getattr__(name: str) -> Service:
+def __getattr__(name: str) -> App:
     """Build `app` from the environment on first access (`uvicorn svc.app:app`), not at import.
 
     Importing `create_app` therefore reads no configuration, and invalid configuration gives

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from svc.errors import Unauthorized
 from svc.settings import Details, Settings
 
-__all__ = ["INVALID_TOKEN", "Access", "bearer_matches", "details_access", "unauthorized"]
+__all__ = ["INVALID_TOKEN", "Access", "authorization", "bearer_matches", "details_access", "unauthorized"]
 
 INVALID_TOKEN = "The bearer token is not valid for this endpoint."  # noqa: S105 - a message, not a secret
 
@@ -33,12 +33,20 @@ def bearer_matches(header: str | None, token: str | None) -> bool:
     return hmac.compare_digest(credentials.strip(" ").encode("latin-1"), token.encode())
 
 
+def authorization(request: Request) -> str | None:
+    """The request's `Authorization` header, if any (read off the raw headers: no `Headers` object is made)."""
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            return bytes(value).decode("latin-1")
+    return None
+
+
 def details_access(settings: Settings, request: Request) -> Access:
     """`always` shows details to everyone; `when_authorized` to requests with the right bearer token; `never` to no one."""
     mode = settings.health_show_details
     if mode.public:
         return Access.SHOWN
-    header = request.headers.get("authorization")
+    header = authorization(request)
     if mode is Details.NEVER or header is None:
         return Access.HIDDEN
     return Access.SHOWN if bearer_matches(header, settings.health_token) else Access.DENIED

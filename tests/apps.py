@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from svc.app import Service, create_app
+from svc.app import App, create_app
 
 
 async def hold(request: Request) -> JSONResponse:
@@ -37,6 +37,6 @@ async def holding(request: Request) -> JSONResponse:
 ROUTES = [Route("/hold", hold), Route("/holding", holding)]
 
 
-def create_test_app() -> Service:
+def create_test_app() -> App:
     """The service, configured from the environment, with the routes above."""
     return create_app(routes=ROUTES)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from svc.app import Service, create_app, started
+from svc.app import App, create_app, started
 from svc.embedded import EmbeddedPostgres
 from svc.settings import Environment, Settings, normalise_database_url
 from tests.support import (
@@ -67,7 +67,7 @@ def make_db_settings(make_settings: Callable[..., Settings]) -> Callable[..., Se
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Service) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(app: App) -> AsyncIterator[httpx.AsyncClient]:
     """An in-process client for `app` with its lifespan run (ASGITransport does not run it)."""
     async with app.lifespan_context(app):
         await started(app)  # the engine, probe and schema check are made in the background

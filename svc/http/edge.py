@@ -3,8 +3,7 @@
     request ─▶ Edge: id, head limits, Host check, body limit ─▶ Router.match ─▶ endpoint(request)
     response ◀─ Edge: Server-Timing, X-Request-ID, security headers; metrics and access line ◀─┘
 
-An svc `Route`'s endpoint returns its response and the edge sends it (`send_response`): no layer
-wraps `send`. Anything else routed (a plain ASGI app, a `Mount`, a streaming response) sends for
+An svc `Route`'s endpoint returns its response and the edge sends it: no layer wraps `send`. Anything else routed (a plain ASGI app, a `Mount`, a streaming response) sends for
 itself through one wrapper that adds the same headers. Whatever escapes an endpoint is rendered by
 `svc.errors.render`; nothing else in svc answers an HTTP request.
 """
@@ -14,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextvars import Token
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -25,7 +25,6 @@ from svc.errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, Servic
 from svc.http.headers import security_headers
 from svc.http.hosts import AllowedHosts, allows_any_host
 from svc.http.request_id import HEADER, new_request_id, well_formed
-from svc.http.responses import send_response
 from svc.http.routing import Router, Target
 from svc.settings import Settings
 
@@ -54,31 +53,23 @@ def server_timing(start: float) -> bytes:
     return _APP_DUR[us] if us < 1000 else b"app;dur=%d.%03d" % divmod(us, 1000)
 
 
-class _Exchange:
-    """One request's exchange: where its response goes, the edge's headers for it, and what was sent.
+class _Passthrough:
+    """A `send` for an app that sends for itself: the edge's headers added, what is sent noted.
 
     `status` is 0 until the response starts; `size` counts body bytes sent (none for HEAD).
     """
 
-    __slots__ = ("head", "headers", "scope", "send", "size", "start", "status")
+    __slots__ = ("head", "headers", "send", "size", "start", "status")
 
-    def __init__(self, scope: Scope, send: Send, headers: list[tuple[bytes, bytes]], start: float) -> None:
-        self.scope = scope
+    def __init__(self, send: Send, headers: list[tuple[bytes, bytes]], start: float, *, head: bool) -> None:
         self.send = send
         self.headers = headers
         self.start = start
-        self.head = scope["method"] == "HEAD"
+        self.head = head
         self.status = 0
         self.size = 0
 
-    async def send_response(self, response: Response) -> None:
-        """Send a response that has its body, the edge's headers first."""
-        self.status = response.status_code
-        timing = (b"server-timing", server_timing(self.start))
-        self.size = await send_response(self.send, response, [timing, *self.headers], head=self.head)
-
-    async def send_with_headers(self, message: Message) -> None:
-        """`send` for an app that sends for itself: the edge's headers added, what is sent noted."""
+    async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             timing = (b"server-timing", server_timing(self.start))
@@ -120,51 +111,69 @@ class Edge:
         start = _clock()
         rid, rid_header, refusal, streamed = self.inspect(scope["headers"])
         token = request_id.set(rid)
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.in_flight += 1
-        exchange = _Exchange(scope, send, [rid_header, *self.headers], start)
+        if self.metrics is not None:
+            self.metrics.in_flight += 1
+        head = scope["method"] == "HEAD"
+        status = size = 0
+        passthrough: _Passthrough | None = None
         try:
-            await self.answer(scope, receive, exchange, refusal, streamed=streamed)
-        except Exception as exc:
-            if exchange.status:  # the headers are out: the server closes the connection, there is nothing else to say
-                logger.error(
-                    "Unhandled error in %s %s after its response began", scope["method"], scope["path"], exc_info=exc
-                )
-            else:
-                await exchange.send_response(render(exc, scope))
-        finally:
+            response: Response
             try:
-                if metrics is not None:
-                    metrics.in_flight -= 1
-                if metrics is not None or self.access_log is not None:
-                    # No response at all (or none begun when cancelled): the server answers 500.
-                    self.record(scope, exchange.status or 500, exchange.size, _clock() - start)
-            finally:
-                request_id.reset(token)
-
-    async def answer(
-        self, scope: Scope, receive: Receive, exchange: _Exchange, refusal: ServiceError | None, *, streamed: bool
-    ) -> None:
-        """Route the request and send its answer: the refusal's or routing's problem, or the endpoint's response."""
-        target = self.router.match(scope)
-        response: Response
-        if refusal is not None or not isinstance(target, Target):
-            response = render(refusal or target, scope)  # type: ignore[arg-type]
-        else:
-            if streamed:
-                receive = self.limited(receive)
-            if target.handler is None:
-                return await target.app(scope, receive, exchange.send_with_headers)
-            try:
+                target = self.router.match(scope)
+                if refusal is not None or not isinstance(target, Target):
+                    raise refusal or target  # type: ignore[misc]
+                if streamed:
+                    receive = self.limited(receive)
+                if target.handler is None:
+                    passthrough = _Passthrough(send, [rid_header, *self.headers], start, head=head)
+                    return await target.app(scope, receive, passthrough)
                 response = await target.handler(Request(scope, receive))
-            except Exception as exc:  # noqa: BLE001 - rendered (and logged when unexpected) by `render`
-                response = render(exc, scope)
-        if not isinstance(getattr(response, "body", None), bytes):  # streaming, file: it sends itself
-            return await response(scope, receive, exchange.send_with_headers)
-        await exchange.send_response(response)
-        if response.background is not None:
-            await response.background()
+                if not isinstance(getattr(response, "body", None), bytes):  # streaming, file: it sends itself
+                    passthrough = _Passthrough(send, [rid_header, *self.headers], start, head=head)
+                    return await response(scope, receive, passthrough)
+            except Exception as exc:
+                if passthrough is not None and passthrough.status:
+                    raise  # its response has begun: nothing else can be sent
+                response = render(exc, scope)  # logged there when unexpected
+            # The one place svc sends a response: the edge's headers first, the body (none for HEAD).
+            status = response.status_code
+            body = b"" if head else response.body
+            headers = [(b"server-timing", server_timing(start)), rid_header, *self.headers, *response.raw_headers]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            size = len(body)
+            if response.background is not None:
+                await response.background()
+        except Exception:
+            # The headers are out: the server closes the connection, and there is nothing else to say.
+            logger.exception("Unhandled error in %s %s after its response began", scope["method"], scope["path"])
+        finally:
+            if passthrough is not None:
+                status, size = passthrough.status, passthrough.size
+            self.done(scope, status, size, start, token)
+
+    def done(self, scope: Scope, status: int, size: int, start: float, token: Token[str | None]) -> None:
+        """Record the request (metrics, access line) and leave its context; no status means none was sent."""
+        try:
+            metrics = self.metrics
+            if metrics is not None:
+                metrics.in_flight -= 1
+            if metrics is None and self.access_log is None:
+                return
+            route = scope.get("route")
+            template = UNMATCHED if route is None else getattr(route, "path", UNMATCHED)
+            # No response at all (or none begun when cancelled): the server answers 500.
+            status, seconds = status or 500, _clock() - start
+            if metrics is not None:
+                metrics.observe(scope["method"], template, status, seconds)
+            log = self.access_log
+            if log is not None and log.logger.isEnabledFor(logging.INFO):
+                duration_us = int(seconds * 1_000_000)
+                log.write(
+                    scope["method"], scope["path"], route=template, status=status, duration_us=duration_us, size=size
+                )
+        finally:
+            request_id.reset(token)
 
     def inspect(
         self, headers: Sequence[tuple[bytes, bytes]]
@@ -215,23 +224,6 @@ class Edge:
             return message
 
         return receive_limited
-
-    def record(self, scope: Scope, status: int, size: int, seconds: float) -> None:
-        """Tell the metrics and the access log (when on) about an answered request."""
-        route = scope.get("route")
-        template = getattr(route, "path", UNMATCHED) if route is not None else UNMATCHED
-        if self.metrics is not None:
-            self.metrics.observe(scope["method"], template, status, seconds)
-        log = self.access_log
-        if log is not None and log.logger.isEnabledFor(logging.INFO):
-            log.write(
-                scope["method"],
-                scope["path"],
-                route=template,
-                status=status,
-                duration_us=int(seconds * 1_000_000),
-                size=size,
-            )
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket connection: the Host check, then its route (closed when there is none)."""

@@ -1,15 +1,14 @@
-"""Responses: one encoded-ahead `Response` type, and the one place that sends a response's start and body."""
+"""Responses made of bytes ahead of sending: `Encoded`, and `json_response` with svc's one JSON encoder."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import msgspec
 from starlette.background import BackgroundTask
 from starlette.responses import Response
-from starlette.types import Send
 
-__all__ = ["JSON_TYPE", "Encoded", "json_response", "send_response"]
+__all__ = ["JSON_TYPE", "Encoded", "json_response"]
 
 JSON_TYPE = b"application/json"
 _json = msgspec.json.Encoder()
@@ -40,16 +39,3 @@ class Encoded(Response):
 def json_response(content: object, status_code: int = 200, headers: Iterable[tuple[bytes, bytes]] = ()) -> Encoded:
     """`content` (a msgspec Struct, or anything msgspec encodes) as an `application/json` response."""
     return Encoded(_json.encode(content), status_code, headers, content_type=JSON_TYPE)
-
-
-async def send_response(send: Send, response: Response, headers: Sequence[tuple[bytes, bytes]], *, head: bool) -> int:
-    """Send a response that has its body (`response.body`), `headers` first; the number of body bytes sent.
-
-    A HEAD request gets the headers only (Content-Length still tells the GET body's size).
-    """
-    body = b"" if head else response.body
-    await send(
-        {"type": "http.response.start", "status": response.status_code, "headers": [*headers, *response.raw_headers]}
-    )
-    await send({"type": "http.response.body", "body": body})
-    return len(body)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from svc.auth import bearer_matches, unauthorized
+from svc.auth import authorization, bearer_matches, unauthorized
 from svc.http.responses import Encoded
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class MetricsEndpoint:
     async def __call__(self, request: Request) -> Encoded:
         settings = self.runtime.settings
         if not settings.health_show_details.public:
-            header = request.headers.get("authorization")
+            header = authorization(request)
             if header is None:
                 raise unauthorized('Bearer realm="metrics"', "A bearer token is required for this endpoint.")
             if not bearer_matches(header, settings.health_token):
