@@ -62,7 +62,7 @@ async def layers(app: Any, path: str, calls: int, repeats: int = 60) -> None:
     import baseline
     from starlette.requests import Request
 
-        from svc.http.routing import Route, Target
+    from svc.http.routing import Route, Target
 
     async with app.lifespan_context(app):
         await started(app)
