@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import http
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
 from starlette.exceptions import HTTPException
@@ -20,9 +21,11 @@ from svc.http.responses import Encoded
 __all__ = [
     "PROBLEM_TYPE",
     "BadRequest",
+    "Conflict",
     "ContentTooLarge",
     "DatabaseError",
     "DatabaseUnavailable",
+    "FieldError",
     "HeaderFieldsTooLarge",
     "MethodNotAllowed",
     "NotFound",
@@ -30,6 +33,8 @@ __all__ = [
     "ServiceError",
     "ServiceUnavailable",
     "Unauthorized",
+    "UnprocessableContent",
+    "UnsupportedMediaType",
     "problem_response",
     "render",
 ]
@@ -40,8 +45,21 @@ logger = logging.getLogger("svc.errors")
 _encoder = msgspec.json.Encoder()
 
 
+#: At most this many entries in a 422's `errors`, each `detail` at most `MAX_DETAIL` characters.
+MAX_ERRORS = 50
+MAX_DETAIL = 300
+
+
+class FieldError(msgspec.Struct, omit_defaults=True):
+    """One invalid part of a request: a JSON Pointer into the body (`#/title`), or a query or path parameter."""
+
+    detail: str
+    pointer: str | None = None
+    parameter: str | None = None
+
+
 class Problem(msgspec.Struct, kw_only=True):
-    """An RFC 9457 problem details body."""
+    """An RFC 9457 problem details body (`errors` on a 422: each invalid field)."""
 
     type: str = "about:blank"
     title: str
@@ -49,20 +67,35 @@ class Problem(msgspec.Struct, kw_only=True):
     detail: str
     instance: str
     requestId: str | None  # noqa: N815 - wire name
+    errors: list[FieldError] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ServiceError(Exception):
-    """Base of every error the service raises on purpose; rendered by `render`."""
+    """Base of every error the service raises on purpose; rendered by `render`.
+
+    `type` is the problem type's URI (RFC 9457 section 3.1.1; `about:blank` by default), and
+    `extensions` are more members of the body (JSON values; never anything secret).
+    """
 
     status: int = 500
     title: str = "Internal Server Error"
     type: str = "about:blank"
     detail: str = "The server could not complete the request."
 
-    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        type: str | None = None,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> None:
         if detail is not None:
             self.detail = detail
+        if type is not None:
+            self.type = type
         self.headers = dict(headers or {})
+        self.extensions = dict(extensions or {})
         super().__init__(self.detail)
 
 
@@ -82,8 +115,28 @@ class MethodNotAllowed(ServiceError):
     status, title, detail = 405, "Method Not Allowed", "The method is not allowed for this resource."
 
 
+class Conflict(ServiceError):
+    status, title, detail = 409, "Conflict", "The request conflicts with the current state of the resource."
+
+
 class ContentTooLarge(ServiceError):
     status, title, detail = 413, "Content Too Large", "The request body is larger than the server accepts."
+
+
+class UnsupportedMediaType(ServiceError):
+    status, title, detail = 415, "Unsupported Media Type", "The request body must be application/json."
+
+
+class UnprocessableContent(ServiceError):
+    """422: the request is well-formed but some of its values are not acceptable; `errors` says which."""
+
+    status, title, detail = 422, "Unprocessable Content", "The request has invalid values."
+
+    def __init__(self, errors: Sequence[FieldError], detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.errors = [
+            msgspec.structs.replace(error, detail=error.detail[:MAX_DETAIL]) for error in errors[:MAX_ERRORS]
+        ]
 
 
 class HeaderFieldsTooLarge(ServiceError):
@@ -120,13 +173,25 @@ def problem_response(
     *,
     type_: str = "about:blank",
     headers: Mapping[str, str] | None = None,
+    errors: list[FieldError] | None = None,
+    extensions: Mapping[str, Any] | None = None,
 ) -> Encoded:
     """A problem+json response for the current request (its id goes into the body)."""
     problem = Problem(
-        type=type_, title=title, status=status, detail=detail, instance=instance, requestId=request_id.get()
+        type=type_,
+        title=title,
+        status=status,
+        detail=detail,
+        instance=instance,
+        requestId=request_id.get(),
+        errors=msgspec.UNSET if errors is None else errors,
     )
+    if extensions:  # the standard members win over extensions of the same name
+        body = _encoder.encode({**extensions, **msgspec.structs.asdict(problem)})
+    else:
+        body = _encoder.encode(problem)
     encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
-    return Encoded(_encoder.encode(problem), status, encoded, content_type=_PROBLEM_TYPE)
+    return Encoded(body, status, encoded, content_type=_PROBLEM_TYPE)
 
 
 def render(exc: Exception, scope: Scope) -> Encoded:
@@ -140,7 +205,17 @@ def render(exc: Exception, scope: Scope) -> Encoded:
         if exc.status >= 500:
             cause = exc.__cause__
             logger.warning("%s: %s", exc.title, type(cause).__name__ if cause else exc.detail)
-        return problem_response(exc.status, exc.title, exc.detail, instance, type_=exc.type, headers=exc.headers)
+        errors = exc.errors if isinstance(exc, UnprocessableContent) else None
+        return problem_response(
+            exc.status,
+            exc.title,
+            exc.detail,
+            instance,
+            type_=exc.type,
+            headers=exc.headers,
+            errors=errors,
+            extensions=exc.extensions,
+        )
     if isinstance(exc, HTTPException):
         status = exc.status_code
         title = _standard_title(status)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,12 @@ class Route(StarletteRoute):
 
     Errors are raised, not answered: a `svc.errors.ServiceError` (or Starlette's `HTTPException`)
     becomes its problem+json response, anything else a 500.
+
+    What the route takes and answers is declared once, as types, for the OpenAPI document:
+    `body` (the JSON body's msgspec Struct), `query` (a Struct of the query parameters),
+    `responses` (status → the body's type, or None: no body for a success, a problem for an
+    error), and `summary`, `description`, `tags`. The endpoint still decodes explicitly
+    (`svc.decode.body(request, NoteIn)`): nothing is injected.
     """
 
     def __init__(
@@ -57,6 +63,12 @@ class Route(StarletteRoute):
         methods: Collection[str] = ("GET",),
         name: str | None = None,
         include_in_schema: bool = True,
+        body: type | None = None,
+        query: type | None = None,
+        responses: Mapping[int, type | None] | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] = (),
     ) -> None:
         super().__init__(path, endpoint, methods=methods, name=name, include_in_schema=include_in_schema)
         self.handler: Endpoint = (
@@ -66,6 +78,12 @@ class Route(StarletteRoute):
         )
         # Starlette's own way to serve it, for a Starlette router or `Route.handle`.
         self.app = request_response(endpoint)
+        self.body = body
+        self.query = query
+        self.responses = dict(responses or {})
+        self.summary = summary
+        self.description = description
+        self.tags = tuple(tags)
 
 
 @dataclass(frozen=True, slots=True)
