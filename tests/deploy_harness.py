@@ -144,7 +144,12 @@ def serve_options(command: list[str]) -> argparse.Namespace:
 
     assert command[:4] == ["python", "-m", "svc", "serve"], command
     parsed: list[argparse.Namespace] = []
-    with mock.patch.object(cli, "serve", side_effect=lambda args: parsed.append(args) or 0):
+
+    def capture(args: argparse.Namespace) -> int:
+        parsed.append(args)
+        return 0
+
+    with mock.patch.object(cli, "serve", side_effect=capture):
         assert cli.main(command[3:]) == 0
     return parsed[0]
 

@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ def confined(command: list[str], *, uid: int, gid: int, writable: Path) -> list[
     `writable` (the pod's emptyDir), in a mount namespace of its own (the machine's mounts are left alone)."""
     remount = 'mount --bind "$1" "$1" && mount -o remount,bind,ro / && shift && exec "$@"'
     unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
-    assert unshare is not None and setpriv is not None
+    assert unshare is not None
+    assert setpriv is not None
     return [
         unshare,
         "--mount",
@@ -83,7 +84,7 @@ def shipped_pgbouncer_ini(shipped: str, *, upstream: Mapping[str, str], port: in
     auth_file swapped; everything else (pool mode, sizes, timeouts, auth_type) stays as shipped."""
     (alias, entry), *others = ini_values(shipped, "databases").items()
     assert not others
-    target = connection_string(entry) | upstream
+    target = {**connection_string(entry), **upstream}
     swaps = {
         alias: " ".join(f"{k}={v}" for k, v in target.items()),
         "listen_addr": "127.0.0.1",
@@ -92,7 +93,8 @@ def shipped_pgbouncer_ini(shipped: str, *, upstream: Mapping[str, str], port: in
     }
     text = shipped
     for key, value in swaps.items():
-        text, count = re.subn(rf"^(\s*{re.escape(key)}\s*=).*$", lambda m, v=value: f"{m[1]} {v}", text, flags=re.M)
+        line = rf"^(\s*{re.escape(key)}\s*=).*$"
+        text, count = re.subn(line, "\\g<1> " + value.replace("\\", "\\\\"), text, flags=re.M)
         assert count == 1, f"{key} should be set once in the shipped configuration"
     return text
 
@@ -169,16 +171,18 @@ def interpreter_for(version: str, uid: int) -> str | None:
         if not os.path.exists(candidate):
             continue
         check = subprocess.run(
-            [shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", candidate, "-c", ""],
+            [
+                shutil.which("setpriv") or "setpriv",
+                f"--reuid={uid}",
+                f"--regid={uid}",
+                "--clear-groups",
+                candidate,
+                "-c",
+                "",
+            ],
             capture_output=True,
             check=False,
         )
         if check.returncode == 0:
             return candidate
     return None
-
-
-def tree(path: Path) -> Iterator[tuple[str, float]]:
-    """Every file under `path` and its modification time: what a run could have changed."""
-    for entry in sorted(path.rglob("*")):
-        yield str(entry.relative_to(path)), entry.lstat().st_mtime

@@ -75,7 +75,9 @@ def every_document() -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize(
-    ("name", "document"), every_document(), ids=[f"{n}:{d['kind']}/{d['metadata']['name']}" for n, d in every_document()]
+    ("name", "document"),
+    every_document(),
+    ids=[f"{n}:{d['kind']}/{d['metadata']['name']}" for n, d in every_document()],
 )
 def test_every_manifest_validates_against_the_kubernetes_schemas(version: str, name: str, document: Any) -> None:
     kubernetes_validate.validate(document, version, strict=True)
@@ -103,7 +105,9 @@ def test_the_kustomization_applies_every_manifest_but_the_examples() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "document"), every_document(), ids=[f"{n}:{d['kind']}/{d['metadata']['name']}" for n, d in every_document()]
+    ("name", "document"),
+    every_document(),
+    ids=[f"{n}:{d['kind']}/{d['metadata']['name']}" for n, d in every_document()],
 )
 def test_names_are_kubernetes_names(name: str, document: Any) -> None:
     # DNS-1123 subdomains, and short enough for a label: a Job's name is also its pods' job-name label.
@@ -205,9 +209,10 @@ def clients_at_full_scale() -> int:
     deployment = svc_deployment()
     hpa = resource("HorizontalPodAutoscaler", "svc")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    pods = max(hpa["spec"]["maxReplicas"], deployment["spec"]["replicas"]) + deployment["spec"]["strategy"][
-        "rollingUpdate"
-    ]["maxSurge"]
+    pods = (
+        max(hpa["spec"]["maxReplicas"], deployment["spec"]["replicas"])
+        + deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    )
     workers = serve_options(only_container(deployment)["command"]).workers
     settings = svc_settings()
     return int(pods * workers * (settings.db_pool_size + settings.db_max_overflow + EXTRA_CONNECTIONS_PER_WORKER))
@@ -285,7 +290,8 @@ def test_the_image_runs_as_a_fixed_non_root_user_without_writing_bytecode() -> N
     image = Dockerfile.read()
     env = image.env(image.final)
     uid, gid = image.user()
-    assert uid >= 1000 and gid >= 1000
+    assert uid >= 1000
+    assert gid >= 1000
     assert f"--uid {uid}" in image.final.values("RUN")[0]
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["PATH"].startswith(env["SVC_HOME"] + "/venv/bin:")
@@ -305,7 +311,7 @@ def test_the_docker_context_admits_what_the_dockerfile_copies_and_nothing_else()
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line]
     admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert lines[1] == "*"  # after the comment: everything is excluded first
-    copied = set()
+    copied: set[str] = set()
     for copy_args in image.stages[0].values("COPY"):
         copied.update(source.rstrip("/") for source in copy_args.split()[:-1])
     assert copied == admitted
@@ -340,4 +346,6 @@ def test_prometheus_scrapes_the_svc_pods_metrics_with_the_health_token() -> None
         assert re.fullmatch(rule["regex"], value), rule
     # The pod template of the migration Job must not be scraped: it serves nothing.
     job_labels = resource("Job", f"svc-migrate-{project_version()}")["spec"]["template"]["metadata"]["labels"]
-    assert not re.fullmatch(keeps[0]["regex"], f"{job_labels['app.kubernetes.io/name']};{job_labels['app.kubernetes.io/component']}")
+    assert not re.fullmatch(
+        keeps[0]["regex"], f"{job_labels['app.kubernetes.io/name']};{job_labels['app.kubernetes.io/component']}"
+    )
