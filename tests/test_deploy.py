@@ -240,7 +240,9 @@ def image() -> Iterator[Image]:
                     shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     shutil.copy2(ROOT / source, target)
-        env = {**os.environ, **dockerfile.env(build, SVC_HOME=str(home)), "UV": uv, "PYTHON": python}
+        # This machine's uv configuration and cache stand in for the build stage's network; not this venv.
+        machine = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        env = {**machine, **dockerfile.env(build, SVC_HOME=str(home)), "UV": uv, "PYTHON": python}
         subprocess.run(build.last("RUN").split(), cwd=context, env=env, check=True, timeout=300)
         yield Image(dockerfile, home, scratch)
     finally:
