@@ -268,14 +268,18 @@ def start_deployment_pod(image: Image, pgbouncer: PgBouncerRun) -> Pod:
     http = container_port(container, "http")
     startup = container["startupProbe"]
     deadline = time.monotonic() + startup["periodSeconds"] * startup["failureThreshold"]
-    for probe in (startup, container["readinessProbe"]):
-        while True:
-            with contextlib.suppress(OSError):  # not listening yet
-                if 200 <= kubelet_get(pod.port, probe, http)[0] < 400:
-                    break
-            assert pod.proc.poll() is None, pod.output()
-            assert time.monotonic() < deadline, pod.output()
-            time.sleep(0.05)
+    try:
+        for probe in (startup, container["readinessProbe"]):
+            while True:
+                with contextlib.suppress(OSError):  # not listening yet
+                    if 200 <= kubelet_get(pod.port, probe, http)[0] < 400:
+                        break
+                assert pod.proc.poll() is None, pod.output()
+                assert time.monotonic() < deadline, pod.output()
+                time.sleep(0.05)
+    except BaseException:
+        pod.stop()  # its workers too: a pod that never got ready is not left running
+        raise
     return pod
 
 
