@@ -387,7 +387,7 @@ async def test_sessions_with_settings_pass_through_the_shipped_pgbouncer(shipped
     app = create_app(settings)
 
     async def transaction(tenant: int) -> tuple[str, int]:
-        async with app.state.db.session(tenant=str(tenant)) as session:
+        async with app.runtime.database().session(tenant=str(tenant)) as session:
             setting = (await session.execute(text("SELECT current_setting('app.tenant')"))).scalar_one()
             doubled = (await session.execute(text("SELECT CAST(:n AS integer) * 2"), {"n": tenant})).scalar_one()
         return setting, doubled
