@@ -287,6 +287,7 @@ class Server:
     cwd: Path
     cpu: int | None = None
     app_dir: Path | None = None
+    args: tuple[str, ...] = ()  # more uvicorn options, after UVICORN_FLAGS (a later --http wins)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -300,7 +301,7 @@ class Server:
 
     def command(self) -> list[str]:
         cmd = [*pin_prefix(self.cpu), sys.executable, "-m", "uvicorn", self.app]
-        cmd += ["--host", HOST, "--port", str(self.port), *UVICORN_FLAGS]
+        cmd += ["--host", HOST, "--port", str(self.port), *UVICORN_FLAGS, *self.args]
         if self.app_dir is not None:
             cmd += ["--app-dir", str(self.app_dir)]
         return cmd
@@ -358,10 +359,16 @@ class Server:
 
 
 def svc_server(
-    name: str, env: Mapping[str, str], cwd: Path, cpu: int | None = None, app: str = "svc.app:app"
+    name: str,
+    env: Mapping[str, str],
+    cwd: Path,
+    cpu: int | None = None,
+    app: str = "svc.app:app",
+    *,
+    args: tuple[str, ...] = (),
 ) -> Server:
     """svc (or `app`, another app in bench/) under uvicorn, configured by `env` as production would be."""
-    return Server(name, app, child_env(env), cwd, cpu)  # child_env puts bench/ on the path
+    return Server(name, app, child_env(env), cwd, cpu, args=args)  # child_env puts bench/ on the path
 
 
 def baseline_server(name: str, database_url: str, cwd: Path, cpu: int | None = None, pool_size: int = 5) -> Server:

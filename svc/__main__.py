@@ -86,6 +86,7 @@ def serve(args: argparse.Namespace) -> int:
             server_header=False,
             lifespan="on",
             timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+            http="svc.protocol:HttpProtocol",
         )
     except SystemExit as exc:
         # uvicorn exits 3 when it cannot start (port in use, failed lifespan), after logging why.
