@@ -7,8 +7,8 @@ ever. `HttpProtocol` adds, with the limits read once per process from the enviro
 
 - `HTTP_MAX_HEAD_BYTES`: the request line and header fields are counted as their bytes arrive; one
   byte more and the head is refused with a 431 problem and the connection closed, before the rest
-  is read. A head that starts in the same read as the end of the previous request is measured when
-  it is complete instead (its size is then bounded by that one read).
+  is read. A head that begins in the same read as the end of the request before it is counted from
+  the next read on, and measured once complete.
 - `HTTP_HEAD_TIMEOUT`: a request head must be complete within this time of the connection opening
   or of the previous response ending, however slowly its bytes trickle in: else a 408 problem and close.
 - `HTTP_KEEPALIVE_TIMEOUT`: a connection on which nothing arrives this long after it opened or
@@ -225,13 +225,13 @@ class HttpProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits = process_limits()
         self._max_head = limits.max_head_bytes
+        self._max_pipelined = limits.max_pipelined
         # Bytes of the head in progress received so far; meaningful while `_in_head` (between requests or in a head).
         self._head_bytes = 0
         self._in_head = True
-        # A request ended in the read being parsed: a head that begins after it was not counted from its start...
+        # A request ended in the read being parsed: a head completed after it began in that read, after the read
+        # was counted (`_head_bytes` counts from the start of a read), so it is measured once complete instead.
         self._ended_in_read = False
-        # ...and is measured once complete instead.
-        self._unmetered = False
         # Waiting for a request head: no request being answered or queued. `_since`: since when; `_heard`: bytes came.
         self._waiting = True
         self._since = 0.0
@@ -311,7 +311,7 @@ class HttpProtocol(HttpToolsProtocol):
         pipeline = self.pipeline
         return (
             not self._stopped
-            and len(pipeline) < self.limits.max_pipelined
+            and len(pipeline) < self._max_pipelined
             and not (pipeline and len(self.cycle.body) > HIGH_WATER_LIMIT)
         )
 
@@ -371,17 +371,25 @@ class HttpProtocol(HttpToolsProtocol):
         self._parse(data)
 
     def _receive_past_head_limit(self, data: bytes) -> None:
-        """`data` takes the head in progress past the limit: parse what fits; refuse the head if it is still open."""
-        fits = len(data) - (self._head_bytes - self._max_head)
-        self._head_bytes = self._max_head
-        if fits > 0:
-            self._parse(data[:fits])
-            if self.transport.is_closing() or self._stopped:
+        """`data` (counted) takes the head in progress past the limit: parse what fits; refuse the head if it is
+        still open, else go on with the rest (body, or requests after it) as `data_received` does."""
+        while True:
+            fits = len(data) - (self._head_bytes - self._max_head)
+            self._head_bytes = self._max_head  # reset (to 0) if the head completes in what fits
+            if fits > 0:
+                self._parse(data[:fits])
+                if self.transport.is_closing() or self._stopped:
+                    return
+            if self._in_head and self._head_bytes == self._max_head:
+                self._refuse_head()
                 return
-        if self._in_head and not self._ended_in_read:
-            self._refuse_head()
-        else:  # the head ended within the limit: the rest is body, or requests after it
-            self.data_received(data[fits:])
+            data = data[fits:]
+            if self._in_head:
+                self._head_bytes += len(data)
+                if self._head_bytes > self._max_head:
+                    continue
+            self._parse(data)
+            return
 
     def _refuse_head(self) -> None:
         _throttle.acted(
@@ -411,16 +419,12 @@ class HttpProtocol(HttpToolsProtocol):
 
     # --- Parser callbacks: HTTP_MAX_PIPELINED ----------------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._unmetered = self._ended_in_read
-        super().on_message_begin()
-
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
         self._waiting = False
         _idle.pop(self, None)
-        if len(self.pipeline) >= self.limits.max_pipelined:
+        if len(self.pipeline) >= self._max_pipelined:
             _throttle.acted(
                 "max_pipelined",
                 logging.WARNING,
@@ -429,8 +433,8 @@ class HttpProtocol(HttpToolsProtocol):
             )
             self._stop()
             raise _Stopped
-        if self._unmetered and len(self.url) + sum(len(n) + len(v) for n, v in self.headers) > self._max_head:
-            self._refuse_head()  # busy: the request before it is in this read
+        if self._ended_in_read and len(self.url) + sum(len(n) + len(v) for n, v in self.headers) > self._max_head:
+            self._refuse_head()
             raise _Stopped
         super().on_headers_complete()
 
