@@ -235,10 +235,11 @@ class Server:
     cwd: Path
     cpu: int | None = None
     app_dir: Path | None = None
+    args: tuple[str, ...] = ()  # more uvicorn options, after UVICORN_FLAGS (a later --http wins)
     process: UvicornProcess | None = None
 
     def start(self) -> Server:
-        args = [*UVICORN_FLAGS, *(["--app-dir", str(self.app_dir)] if self.app_dir is not None else [])]
+        args = [*UVICORN_FLAGS, *self.args, *(["--app-dir", str(self.app_dir)] if self.app_dir is not None else [])]
         self.process = UvicornProcess(self.env, self.cwd, args, self.app, name=self.name, prefix=pin_prefix(self.cpu))
         return self
 
@@ -275,10 +276,16 @@ class Server:
 
 
 def svc_server(
-    name: str, env: Mapping[str, str], cwd: Path, cpu: int | None = None, app: str = "svc.app:app"
+    name: str,
+    env: Mapping[str, str],
+    cwd: Path,
+    cpu: int | None = None,
+    app: str = "svc.app:app",
+    *,
+    args: tuple[str, ...] = (),
 ) -> Server:
     """svc (or `app`, another app in bench/) under uvicorn, configured by `env` as production would be."""
-    return Server(name, app, child_env(env), cwd, cpu)  # child_env puts bench/ on the path
+    return Server(name, app, child_env(env), cwd, cpu, args=args)  # child_env puts bench/ on the path
 
 
 def baseline_server(name: str, database_url: str, cwd: Path, cpu: int | None = None, pool_size: int = 5) -> Server:

@@ -84,6 +84,8 @@ SCENARIOS = [
     Scenario("svc /health/live, METRICS off", "svc-no-metrics", "/health/live", BASELINE_LIVE, "≥ 0.70, p99 ≤ 1.5x"),
     Scenario("svc /health/ready", "svc", "/health/ready", BASELINE_LIVE),
     Scenario("svc user route /hello (msgspec JSON)", "svc-user", "/hello", "svc /health/live", "≥ 0.90 x /health/live"),
+    # The connection limits' cost on the normal path (issue 18): uvicorn --http svc.protocol:HttpProtocol.
+    Scenario("svc /health/live, svc.protocol", "svc-protocol", "/health/live", "svc /health/live", "≥ 0.97"),
     Scenario("svc /health, ACCESS_LOG on", "svc-access-log", "/health", BASELINE, "≥ 0.55"),
     Scenario("svc /health/live, ACCESS_LOG on", "svc-access-log", "/health/live", BASELINE_LIVE, "≥ 0.55"),
     Scenario("baseline /health/db (asyncpg pool)", "baseline", "/health/db"),
@@ -284,6 +286,9 @@ def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
         "svc": svc_server("svc", production_env(database_url), work, cpu),
         "svc-no-metrics": svc_server(
             "svc-no-metrics", production_env(database_url, METRICS_ENABLED="false"), work, cpu
+        ),
+        "svc-protocol": svc_server(
+            "svc-protocol", production_env(database_url), work, cpu, args=("--http", "svc.protocol:HttpProtocol")
         ),
         "svc-access-log": svc_server("svc-access-log", production_env(database_url, ACCESS_LOG="true"), work, cpu),
         "svc-ttl0": svc_server("svc-ttl0", production_env(database_url, HEALTH_DB_CACHE_TTL="0"), work, cpu),

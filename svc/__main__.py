@@ -77,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
         "server_header": False,
         "lifespan": "on",
         "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
+        "http": "svc.protocol:HttpProtocol",
     }
     try:
         if args.workers > 1 and not args.reload:

@@ -119,6 +119,13 @@ class Settings:
     # accepting: time for a load balancer (Kubernetes endpoints) to stop sending new ones.
     shutdown_drain_seconds: float = 0.0
 
+    # Connection limits of svc.protocol.HttpProtocol (uvicorn --http svc.protocol:HttpProtocol): see that module.
+    http_max_head_bytes: int = 32_768
+    http_head_timeout: float = 10.0
+    http_keepalive_timeout: float = 5.0
+    http_max_pipelined: int = 16
+    http_max_connections: int = 1_000
+
     def __post_init__(self) -> None:
         # Options given as plain strings (dataclasses.replace in tests, code building Settings) become their enums.
         object.__setattr__(self, "app_env", Environment(self.app_env))
@@ -276,6 +283,21 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
             "SHUTDOWN_DRAIN_SECONDS",
             default=5.0 if deployed else d.shutdown_drain_seconds,
             validate=ma.validate.Range(0, 300),
+        ),
+        "http_max_head_bytes": env.int(
+            "HTTP_MAX_HEAD_BYTES", default=d.http_max_head_bytes, validate=ma.validate.Range(1_024, 1 << 20)
+        ),
+        "http_head_timeout": env.float(
+            "HTTP_HEAD_TIMEOUT", default=d.http_head_timeout, validate=ma.validate.Range(0.1, 300)
+        ),
+        "http_keepalive_timeout": env.float(
+            "HTTP_KEEPALIVE_TIMEOUT", default=d.http_keepalive_timeout, validate=ma.validate.Range(0.1, 3_600)
+        ),
+        "http_max_pipelined": env.int(
+            "HTTP_MAX_PIPELINED", default=d.http_max_pipelined, validate=ma.validate.Range(1, 1_000)
+        ),
+        "http_max_connections": env.int(
+            "HTTP_MAX_CONNECTIONS", default=d.http_max_connections, validate=ma.validate.Range(1, 1_000_000)
         ),
     }
     try:
