@@ -51,7 +51,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from svc.errors import PROBLEM_TYPE, encode_problem
+from svc.errors import PROBLEM_TYPE, problem_response
 from svc.settings import Settings, load_settings
 
 __all__ = ["HttpLimits", "HttpProtocol", "process_limits"]
@@ -191,7 +191,7 @@ def answer_and_close(transport: asyncio.Transport, loop: asyncio.AbstractEventLo
 
 def problem_bytes(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
     """A whole `Connection: close` HTTP/1.1 response with a problem+json body, for answers outside any request."""
-    body = encode_problem(status, http.HTTPStatus(status).phrase, detail, "")
+    body = problem_response(status, http.HTTPStatus(status).phrase, detail, "").body
     head = [STATUS_LINE[status]]
     for name, value in default_headers:
         head += [name, b": ", value, b"\r\n"]
