@@ -19,7 +19,8 @@ from svc.models import Base
 from svc.settings import Settings, load_settings_or_exit
 
 config = context.config
-target_metadata = Base.metadata
+# The service's models when it has some (svc.migrations.alembic_config puts them here), else the foundation's.
+target_metadata = config.attributes.get("metadata") or Base.metadata
 
 
 def service_settings() -> Settings:

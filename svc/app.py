@@ -10,11 +10,14 @@ their budget, and a handler that asks for the database meanwhile gets a 503 prob
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import gc
 import logging
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import State, URLPath
@@ -29,10 +32,11 @@ from svc.logging import configure_logging
 from svc.metrics import Metrics, MetricsEndpoint
 from svc.openapi import openapi_route
 from svc.runtime import Phase, Runtime
+from svc.service import Service, load_service
 from svc.settings import DEVELOPMENT_SECRET_KEY, Settings, load_settings, load_settings_or_exit
 from svc.shutdown import drain_on_signals
 
-__all__ = ["App", "create_app", "lifespan", "started"]
+__all__ = ["App", "create_app", "lazy_app", "lifespan", "started"]
 
 logger = logging.getLogger("svc")
 HEALTH_METHODS = ("GET", "HEAD")
@@ -48,25 +52,37 @@ def _import_database_modules() -> None:
     import svc.schema  # noqa: F401
 
 
-async def start_database(runtime: Runtime, url: str, stack: AsyncExitStack) -> None:
-    """The lifespan's background start-up: engine, probe and schema check; then the phase is `SERVING`.
+async def start_database(app: App, url: str, stack: AsyncExitStack) -> None:
+    """The lifespan's background start-up: the service (`SERVICE`), the engine, the probe and the schema
+    check; then the phase is `SERVING`.
 
     Everything made here is undone by `stack` when the lifespan ends. The probe's connection is
     opened ahead of the first check, so that check measures a query, not a connect.
     """
+    runtime = app.runtime
+    migrations: list[Path] = []
+    if runtime.settings.service is not None:
+        service = await asyncio.to_thread(load_service, runtime.settings.service)
+        app.include(service)
+        migrations = [service.migrations] if service.migrations is not None else []
     await asyncio.to_thread(_import_database_modules)
     from svc.db import Database
     from svc.dblog import install_slow_query_log
     from svc.postgres import Purpose, connector
     from svc.probe import DatabaseProbe
-    from svc.schema import SchemaCheck
+    from svc.schema import SchemaCheck, read_script_heads
 
     settings = runtime.settings
     db = Database(url, settings)
     install_slow_query_log(db.sync_engine, settings.db_slow_query_ms)
     stack.push_async_callback(db.dispose)
     connect = connector(url, settings, Purpose.HEALTH)
-    schema = SchemaCheck(connect, timeout=settings.health_db_timeout, ttl=settings.health_db_cache_ttl)
+    schema = SchemaCheck(
+        connect,
+        timeout=settings.health_db_timeout,
+        ttl=settings.health_db_cache_ttl,
+        scripts=functools.partial(read_script_heads, migrations),
+    )
     stack.push_async_callback(schema.close)
     probe = DatabaseProbe(
         # A probe that had to reconnect may have reached another server: its schema is read again.
@@ -128,8 +144,8 @@ async def lifespan(app: App) -> AsyncIterator[None]:
         if runtime.metrics is not None:
             await stack.enter_async_context(runtime.metrics.running(runtime))
         stack.enter_context(drain_on_signals(runtime, settings.shutdown_drain_seconds))
-        startup = asyncio.create_task(start_database(runtime, url, stack), name="svc-startup")
-        startup.add_done_callback(_report_failure(runtime))
+        startup = asyncio.create_task(start_database(app, url, stack), name="svc-startup")
+        startup.add_done_callback(_report_failure(app))
         runtime.startup = startup
         try:
             yield
@@ -140,10 +156,12 @@ async def lifespan(app: App) -> AsyncIterator[None]:
             await asyncio.wait({startup})
 
 
-def _report_failure(runtime: Runtime) -> Callable[[asyncio.Task[None]], None]:
+def _report_failure(app: App) -> Callable[[asyncio.Task[None]], None]:
     def done(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
-            runtime.phase = Phase.FAILED
+            app.runtime.phase = Phase.FAILED
+            if app.router.pending is not None:
+                app.router.pending = Phase.FAILED.reason
             logger.error("Start-up failed: readiness stays 503", exc_info=exc)
 
     return done
@@ -159,14 +177,33 @@ class App:
     (Starlette's `request.app.state`).
     """
 
-    def __init__(self, runtime: Runtime, routes: Sequence[BaseRoute], *, lifespan: Lifespan = lifespan) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        routes: Sequence[BaseRoute],
+        *,
+        pending: str | None = None,
+        lifespan: Lifespan = lifespan,
+    ) -> None:
         settings = runtime.settings
         self.runtime = runtime
-        self.router = Router(routes)
+        self.router = Router([], pending=pending)
+        self._described: list[BaseRoute] = []
+        self.serve(routes)
         access_log = AccessLog(logging.getLogger("svc.access")) if settings.access_log else None
         self.edge = Edge(self.router, settings, metrics=runtime.metrics, access_log=access_log)
         self.lifespan_context = lifespan
         self.state = State()
+
+    def serve(self, routes: Sequence[BaseRoute]) -> None:
+        """Serve `routes`, then `/openapi.json` describing them all (a route of the caller's may replace it)."""
+        self._described = list(routes)
+        self.router.set_routes([*self._described, openapi_route(self.runtime.settings, self._described)])
+
+    def include(self, service: Service) -> None:
+        """Serve a service's routes too, after the ones served now; no route is pending any more."""
+        self.serve([*self._described, *service.routes])
+        self.router.pending = None
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -200,8 +237,9 @@ class App:
 def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()) -> App:
     """Build the application for `settings` (read from the environment when omitted).
 
-    `routes` come after the built-in health routes and `/metrics`, and before `/openapi.json`,
-    which describes them all.
+    `routes` come after the built-in health routes and `/metrics`; the service that `SERVICE`
+    names adds its routes after them, once the lifespan's background start-up has imported it
+    (until then a request no route takes is a 503 `Starting up.`). `/openapi.json` describes them all.
     """
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -217,18 +255,30 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     ]
     if metrics is not None:
         builtin.append(Route("/metrics", MetricsEndpoint(runtime, metrics), methods=HEALTH_METHODS))
-    described = [*builtin, *routes]
-    return App(runtime, [*described, openapi_route(settings, described)])
+    pending = None if settings.service is None else Phase.STARTING.reason
+    return App(runtime, [*builtin, *routes], pending=pending)
 
 
-def __getattr__(name: str) -> App:
-    """Build `app` from the environment on first access (`uvicorn svc.app:app`), not at import.
+def lazy_app(*, service: str | None = None) -> Callable[[str], App]:
+    """A module `__getattr__` that builds the module's `app` from the environment on first access, not at import.
 
-    Importing `create_app` therefore reads no configuration, and invalid configuration gives
-    one readable message and exit status 1 instead of a traceback.
+    `uvicorn module:app` reads it; importing the module reads no configuration, and an invalid one
+    gives one readable message and exit status 1 instead of a traceback. `service` (a `SERVICE`
+    value) is the service the app serves whatever the environment says.
     """
-    if name != "app":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    app = create_app(load_settings_or_exit())
-    globals()["app"] = app
-    return app
+    built: list[App] = []
+
+    def attribute(name: str) -> App:
+        if name != "app":
+            raise AttributeError(name)
+        if not built:
+            settings = load_settings_or_exit()
+            if service is not None:
+                settings = dataclasses.replace(settings, service=service)
+            built.append(create_app(settings))
+        return built[0]
+
+    return attribute
+
+
+__getattr__ = lazy_app()

@@ -24,6 +24,7 @@ import asyncpg
 from svc.postgres import Purpose, database_url, driver_error, engine_arguments
 from svc.probe import describe_failure
 from svc.schema import SCRIPT_LOCATION, VERSION_TABLE_QUERY, VERSIONS_QUERY, Scripts
+from svc.service import load_service
 from svc.settings import Settings
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ def alembic_config(settings: Settings | None = None, *, version_locations: Itera
     """The service's alembic configuration, independent of the working directory.
 
     `settings` choose the database (None: read from the environment when env.py runs);
-    `version_locations` adds directories of revision scripts to `migrations/versions`.
+    `version_locations` adds directories of revision scripts to `migrations/versions`, and so does
+    the service that `settings.service` names (its models' metadata becomes autogenerate's target).
     """
     _quiet_alembic()
     from alembic.config import Config
@@ -82,6 +84,11 @@ def alembic_config(settings: Settings | None = None, *, version_locations: Itera
     cfg.set_main_option("script_location", _ini_value(str(SCRIPT_LOCATION)))
     cfg.set_main_option("path_separator", "os")
     extra = [str(path) for path in version_locations]
+    if settings is not None and settings.service is not None:
+        service = load_service(settings.service)
+        if service.migrations is not None:
+            extra.append(str(service.migrations))
+        cfg.attributes["metadata"] = service.metadata
     if extra:
         locations = os.pathsep.join([str(SCRIPT_LOCATION / "versions"), *extra])
         cfg.set_main_option("version_locations", _ini_value(locations))

@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import marshmallow as ma
 from environs import Env, EnvValidationError
 
+from svc.service import find_service
+
 __all__ = ["ConfigError", "Details", "Environment", "LogFormat", "Settings", "load_settings"]
 
 # Used in development/test only, where a random key would differ between workers.
@@ -93,6 +95,8 @@ class Settings:
     access_log: bool = True
     max_body_bytes: int = 1_048_576
     embedded_pg_dir: Path = Path(".data/postgres")
+    # The service built on svc (`module:attribute` of an svc.service.Service); None: the foundation alone.
+    service: str | None = None
 
     db_pool_size: int = 5
     db_max_overflow: int = 10
@@ -237,6 +241,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         "access_log": env.bool("ACCESS_LOG", default=d.access_log),
         "max_body_bytes": env.int("MAX_BODY_BYTES", default=d.max_body_bytes, validate=ma.validate.Range(1, 1 << 30)),
         "embedded_pg_dir": env.path("EMBEDDED_PG_DIR", default=d.embedded_pg_dir),
+        "service": env.str("SERVICE", default=None),
         "db_pool_size": env.int("DB_POOL_SIZE", default=d.db_pool_size, validate=ma.validate.Range(1, 1_000)),
         "db_max_overflow": env.int("DB_MAX_OVERFLOW", default=d.db_max_overflow, validate=ma.validate.Range(0, 1_000)),
         "db_pool_timeout": env.float(
@@ -306,6 +311,15 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     except EnvValidationError as exc:
         errors = {name: list(messages) for name, messages in exc.error_messages.items()}  # type: ignore[union-attr]
 
+    _check_together(values, errors, app_env)
+    if errors:
+        raise ConfigError(errors)
+    return Settings(**values)
+
+
+def _check_together(values: dict[str, Any], errors: dict[str, list[str]], app_env: Any) -> None:
+    """The checks that need more than one variable, or more than a variable's own value; `values` normalised."""
+    deployed = isinstance(app_env, Environment) and app_env.is_deployed
     if values["log_level"]:
         values["log_level"] = values["log_level"].upper()
     if values["database_url"]:
@@ -325,13 +339,12 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     elif deployed and (problems := _check_secret_key(values["secret_key"])):
         errors.setdefault("SECRET_KEY", []).extend(problems)
 
+    if values["service"] is not None and (problem := find_service(values["service"])) is not None:
+        errors.setdefault("SERVICE", []).append(problem)
+
     token = values["health_token"]
     if token is not None and len(token) < 16:
         errors.setdefault("HEALTH_TOKEN", []).append("Must be at least 16 characters.")
-
-    if errors:
-        raise ConfigError(errors)
-    return Settings(**values)
 
 
 def load_settings_or_exit() -> Settings:

@@ -420,14 +420,15 @@ class CommandServer(UvicornProcess):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"server-{self.port}.log"
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env,
-            cwd=cwd,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
+        self.started_at = time.perf_counter()
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*command, "--host", "127.0.0.1", "--port", str(self.port)],
+                env=env,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
 
 @pytest.fixture

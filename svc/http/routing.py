@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
 from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Scope
 
-from svc.errors import MethodNotAllowed, NotFound, ServiceError
+from svc.errors import MethodNotAllowed, NotFound, ServiceError, ServiceUnavailable
 
 __all__ = ["Endpoint", "Route", "Router", "Target"]
 
@@ -106,12 +106,23 @@ def _probe_scope(path: str) -> Scope:
 
 
 class Router:
-    """Routes in declaration order, the ones without path parameters also by exact path."""
+    """Routes in declaration order, the ones without path parameters also by exact path.
 
-    def __init__(self, routes: Sequence[BaseRoute]) -> None:
-        self.routes = list(routes)
+    While `pending` says why routes are still to come (a service being imported at start-up), a
+    request that no route takes is a 503 with that reason instead of a 404.
+    """
+
+    def __init__(self, routes: Sequence[BaseRoute], *, pending: str | None = None) -> None:
+        self.pending = pending
+        self.routes: list[BaseRoute] = []
         self.exact: dict[str, dict[str, Target]] = {}
-        for index, route in enumerate(self.routes):
+        self.set_routes(routes)
+
+    def set_routes(self, routes: Sequence[BaseRoute]) -> None:
+        """Serve `routes` from now on (made whole before they replace the current ones)."""
+        routes = list(routes)
+        exact: dict[str, dict[str, Target]] = {}
+        for index, route in enumerate(routes):
             if not isinstance(route, StarletteRoute) or route.param_convertors or route.methods is None:
                 continue
             # A route with parameters declared earlier that takes this path too wins, as in Starlette:
@@ -119,13 +130,14 @@ class Router:
             probe = _probe_scope(route.path)
             if any(
                 not isinstance(earlier, StarletteRoute) or earlier.param_convertors
-                for earlier in self.routes[:index]
+                for earlier in routes[:index]
                 if earlier.matches(probe)[0] is not Match.NONE
             ):
                 continue
-            by_method = self.exact.setdefault(route.path, {})
+            by_method = exact.setdefault(route.path, {})
             for method in route.methods:
                 by_method.setdefault(method, _target(route))
+        self.routes, self.exact = routes, exact
 
     def match(self, scope: Scope) -> Target | ServiceError:
         """The target for an HTTP request, recorded in `scope` as Starlette's router records it; else its error."""
@@ -151,6 +163,8 @@ class Router:
                 partial = partial or (route, child_scope)
                 allowed.update(getattr(route, "methods", None) or ())
         if partial is None:
+            if self.pending is not None:
+                return ServiceUnavailable(f"The service is not ready: {self.pending}", headers={"Retry-After": "1"})
             return NotFound()
         scope["route"] = partial[0]
         scope.update(partial[1])

@@ -1,0 +1,1 @@
+"""Services built on svc, the way its README teaches: each one a package a team copies."""
