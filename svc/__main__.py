@@ -65,7 +65,7 @@ def serve(args: argparse.Namespace) -> int:
     after a graceful shutdown (SIGTERM, Ctrl-C), 1 when the server (or, with --workers, any
     worker) could not start.
     """
-    load_settings_or_exit()
+    settings = load_settings_or_exit()
     import uvicorn
 
     options: dict[str, Any] = {
@@ -78,6 +78,9 @@ def serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
         "http": "svc.protocol:HttpProtocol",
+        # The client's address and scheme from X-Forwarded-For/-Proto only when the peer is a trusted proxy.
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": list(settings.trusted_proxies),
     }
     try:
         if args.workers > 1 and not args.reload:

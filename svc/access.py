@@ -118,10 +118,22 @@ class AccessLog:
                 return None
         return handler
 
-    def write(self, method: str, path: str, *, route: str, status: int, duration_us: int, size: int) -> None:
+    def write(
+        self,
+        method: str,
+        path: str,
+        *,
+        route: str,
+        status: int,
+        duration_us: int,
+        size: int,
+        client: str | None = None,
+        user_agent: str | None = None,
+    ) -> None:
         """Log one request (call it from the request's context: the line carries its request id).
 
         `duration_us` is in whole microseconds; the line says milliseconds (`duration_ms`, 3 decimals).
+        `client` is the client's address (the proxy's, unless the peer is a trusted proxy).
         """
         ms, us = divmod(duration_us, 1000)
         message = f"{method} {path} {status} {ms}.{us:03d}ms"
@@ -132,6 +144,8 @@ class AccessLog:
             "status": status,
             "duration_ms": duration_us / 1000,
             "bytes": size,
+            "client": client,
+            "user_agent": user_agent,
         }
         handler = self._direct_handler()
         if handler is None:

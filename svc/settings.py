@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -115,6 +116,8 @@ class Settings:
 
     # Host header values accepted (Starlette's TrustedHost patterns, e.g. "*.example.com"); "*" accepts any.
     allowed_hosts: tuple[str, ...] = ("*",)
+    # Peers (IP addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are believed: load balancers.
+    trusted_proxies: tuple[str, ...] = ()
     metrics_enabled: bool = True
     # Where prometheus-client's multiprocess files live; None: a directory the service manages.
     metrics_dir: Path | None = None
@@ -214,6 +217,20 @@ def _host_patterns(value: list[str]) -> None:
             )
 
 
+def _entries(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(entry.strip() for entry in values or () if entry.strip())
+
+
+def _networks(value: list[str]) -> None:
+    for entry in value:
+        if not entry.strip():
+            continue
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ma.ValidationError("Each entry must be an IP address or network (10.0.0.0/8, ::1).") from None
+
+
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
     """Read the environment (and `env_file` in the working directory, if present) into `Settings`.
 
@@ -279,6 +296,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         "allowed_hosts": tuple(
             p.strip() for p in env.list("ALLOWED_HOSTS", default=list(d.allowed_hosts), validate=_host_patterns) or ()
         ),
+        "trusted_proxies": _entries(env.list("TRUSTED_PROXIES", default=[], validate=_networks)),
         "metrics_enabled": env.bool("METRICS_ENABLED", default=d.metrics_enabled),
         "metrics_dir": env.path("METRICS_DIR", default=None),
         "db_slow_query_ms": env.float(

@@ -11,6 +11,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from svc.app import App, create_app
+from svc.http.routing import Route as SvcRoute
+from svc.service import Service
 
 
 async def hold(request: Request) -> JSONResponse:
@@ -40,3 +42,13 @@ ROUTES = [Route("/hold", hold), Route("/holding", holding)]
 def create_test_app() -> App:
     """The service, configured from the environment, with the routes above."""
     return create_app(routes=ROUTES)
+
+
+async def whoami(request: Request) -> JSONResponse:
+    """The client address and scheme the service sees (after any trusted proxy's headers)."""
+    client = request.client
+    return JSONResponse({"client": client.host if client else None, "scheme": request.url.scheme})
+
+
+#: `SERVICE=tests.apps:whoami_service`: svc plus `/whoami`.
+whoami_service = Service(routes=[SvcRoute("/whoami", whoami)])

@@ -245,6 +245,8 @@ async def test_json_access_line_carries_id_method_route_status_duration_and_byte
         "route": route,
         "status": status,
         "bytes": len(response.content),
+        "client": "127.0.0.1",
+        "user_agent": f"python-httpx/{httpx.__version__}",
     }
 
 

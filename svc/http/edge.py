@@ -53,6 +53,20 @@ def server_timing(start: float) -> bytes:
     return _APP_DUR[us] if us < 1000 else b"app;dur=%d.%03d" % divmod(us, 1000)
 
 
+# Control characters (and DEL) in a logged header value become "?": a log line is never a terminal escape.
+_CONTROL = dict.fromkeys([*range(32), 127], "?")
+#: At most this many characters of a User-Agent are logged.
+MAX_USER_AGENT = 256
+
+
+def user_agent(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The request's User-Agent for the access line: ASCII, bounded, control characters replaced."""
+    for name, value in headers:
+        if name == b"user-agent":
+            return value[:MAX_USER_AGENT].decode("ascii", "backslashreplace").translate(_CONTROL)
+    return None
+
+
 class _Passthrough:
     """A `send` for an app that sends for itself: the edge's headers added, what is sent noted.
 
@@ -168,9 +182,16 @@ class Edge:
                 metrics.observe(scope["method"], template, status, seconds)
             log = self.access_log
             if log is not None and log.logger.isEnabledFor(logging.INFO):
-                duration_us = int(seconds * 1_000_000)
+                client = scope.get("client")
                 log.write(
-                    scope["method"], scope["path"], route=template, status=status, duration_us=duration_us, size=size
+                    scope["method"],
+                    scope["path"],
+                    route=template,
+                    status=status,
+                    duration_us=int(seconds * 1_000_000),
+                    size=size,
+                    client=client[0] if client else None,
+                    user_agent=user_agent(scope["headers"]),
                 )
         finally:
             request_id.reset(token)
