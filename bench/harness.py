@@ -237,10 +237,12 @@ class Server:
     app_dir: Path | None = None
     args: tuple[str, ...] = ()  # more uvicorn options, after UVICORN_FLAGS (a later --http wins)
     process: UvicornProcess | None = None
+    log: Path | None = None  # the last run's output, kept after it stopped
 
     def start(self) -> Server:
         args = [*UVICORN_FLAGS, *self.args, *(["--app-dir", str(self.app_dir)] if self.app_dir is not None else [])]
         self.process = UvicornProcess(self.env, self.cwd, args, self.app, name=self.name, prefix=pin_prefix(self.cpu))
+        self.log = self.process.log
         return self
 
     @property
@@ -251,10 +253,6 @@ class Server:
     @property
     def port(self) -> int:
         return self.running.port
-
-    @property
-    def log(self) -> Path:
-        return self.running.log
 
     def url(self, path: str) -> str:
         return self.running.base_url + path
