@@ -382,7 +382,7 @@ _LENGTH = re.compile(r"Expected `(str|bytes|array|object)` of length (<=|>=) (\d
 _BOUND = re.compile(r"Expected `(int|float)` (>=|>|<=|<|that's a multiple of) ([\w.+-]+)")
 _PATTERN = re.compile(r"Expected `str` matching regex (.+)")
 _TIMEZONE = re.compile(r"Expected `(datetime|time)` with (a|no) timezone component")
-_ARRAY = re.compile(r"Expected `array` of ((?:at least |at most )?length \d+(?: to \d+)?)(?:, got \d+)?")
+_ARRAY = re.compile(r"Expected `array` of (at least |at most |)length (\d+ to \d+|\d+)(?:, got \d+)?")
 _CHOICE = re.compile(r"Invalid (?:enum )?value .*", re.DOTALL)
 _MISSING = re.compile(r"Object missing required field `(.*)`", re.DOTALL)
 _UNKNOWN = re.compile(r"Object contains unknown field `(.*)`", re.DOTALL)
@@ -418,7 +418,7 @@ def _describe(exc: msgspec.ValidationError, annotation: Any, *, got: bool) -> tu
         which = "with" if match[2] == "a" else "without"
         return f"Expected {_NOUNS[match[1]]} {which} a time zone", at
     if match := _ARRAY.fullmatch(message):
-        return f"Expected an array of {match[1]}", at
+        return f"Expected an array of {match[1]}{match[2]} item{'' if match[2] == '1' else 's'}", at
     if _CHOICE.fullmatch(message):  # the value may be the client's: say what is allowed instead
         return (_choices(annotation) if not at else "Expected one of the allowed values"), at
     if match := _MISSING.fullmatch(message):  # the name is the type's own wire name
