@@ -15,7 +15,7 @@ described from its declarations:
   has no default); path parameters come from the path's convertors (`str`, `int`, `float`,
   `uuid`, `path`);
 - `responses`: status → the JSON body's type, or None: no body below 400, a problem from 400;
-  without any, the operation's success is an undescribed `default`;
+  when no status below 400 is declared, an undescribed `default` response stands for success;
 - the errors the request path may give are added: 400, 413, 431 and 500 everywhere; 415 and 422
   with a body; 422 with a query Struct or path parameters; 404 with path parameters (405 is
   documented once, in `info`);
@@ -322,12 +322,11 @@ class _Declared:
         responses = {str(status): self._response(status, t) for status, t in sorted(route.responses.items())}
         if not any(status < 400 for status in route.responses):
             responses["default"] = {"description": "Not described."}
-        invalid = route.query is not None or bool(route.param_convertors)
-        if route.body is not None and method != "get":
+        takes_body = route.body is not None and method != "get"
+        if takes_body:
             operation["requestBody"] = {"required": True, "content": {_JSON: {"schema": self.schemas[route.body]}}}
             responses.setdefault("415", _ref("UnsupportedMediaType"))
-            invalid = True
-        if invalid:
+        if takes_body or route.query is not None or route.param_convertors:
             responses.setdefault("422", _ref("UnprocessableContent"))
         if route.param_convertors:
             responses.setdefault("404", _ref("NotFound"))
