@@ -1,33 +1,41 @@
-"""The OpenAPI 3.1 document, built once per app from its routes and the msgspec Structs, served pre-encoded.
+"""The OpenAPI 3.1 document, built once per app from its routes and the msgspec types, served pre-encoded.
 
-Payload schemas come from the Structs themselves (`msgspec.json.schema_components`): the health
-body and the problem body have no second, hand-kept definition. The built-in endpoints are
-described here; a route added with `create_app(routes=...)` describes itself with an `openapi`
-attribute on its endpoint, a dict of OpenAPI Operation objects keyed by lower-case method, in
-which a Struct *type* may stand wherever a schema goes (on a class-based `HTTPEndpoint`, a class
-attribute):
+Payload schemas come from the types themselves (`msgspec.json.schema_components`): the health
+body, the problem body and every type a route declares have no second, hand-kept definition, and
+the constraints of their `msgspec.Meta` annotations are the schemas' constraints. The built-in
+endpoints are described here; a `svc.http.routing.Route` added with `create_app(routes=...)` is
+described from its declarations:
 
-    async def get_item(request: Request) -> Response: ...
-    get_item.openapi = {  # type: ignore[attr-defined]
-        "get": {
-            "summary": "One item.",
-            "responses": {
-                "200": {"description": "The item.", "content": {"application/json": {"schema": Item}}},
-                "404": {"$ref": "#/components/responses/NotFound"},
-            },
-        }
-    }
+    Route("/items/{item_id:int}", get_item, responses={200: Item, 404: None}, tags=["items"])
+    Route("/items", create_item, methods=["POST"], body=ItemIn, responses={201: Item})
+    Route("/items", list_items, query=Page, responses={200: list[Item]})
 
-A route without one is listed with its methods and an undescribed `default` response. Mounts,
-WebSocket routes and plain ASGI apps routed without `methods` are not listed.
+- `body`: the required `application/json` request body (on every method but GET and HEAD);
+- `query`: a Struct, one `in: query` parameter per field (its wire name; required when the field
+  has no default); path parameters come from the path's convertors (`str`, `int`, `float`,
+  `uuid`, `path`);
+- `responses`: status → the JSON body's type, or None: no body below 400, a problem from 400;
+  when no status below 400 is declared, an undescribed `default` response stands for success;
+- the errors the request path may give are added: 400, 413, 431 and 500 everywhere; 415 and 422
+  with a body; 422 with a query Struct or path parameters; 404 with path parameters (405 is
+  documented once, in `info`);
+- `summary` (the route's name by default), `description`, `tags`; `operationId` is the method and
+  the route's name (`get_get_item`), with a number added when that is taken.
+
+Every GET has its HEAD twin: the same parameters and answers, without content. Any other
+Starlette route is listed with its methods and an undescribed `default` response; routes with
+`include_in_schema=False`, mounts, WebSocket routes and plain ASGI apps routed without `methods`
+are not listed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
+from starlette.convertors import Convertor, FloatConvertor, IntegerConvertor, PathConvertor, UUIDConvertor
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.routing import BaseRoute
@@ -96,7 +104,8 @@ def _shared_responses(settings: Settings) -> dict[str, Any]:
     }
     return {
         "BadRequest": _problem(
-            "The request is malformed: a Content-Length that is not a number, or a Host outside ALLOWED_HOSTS.",
+            "The request is malformed: a Content-Length that is not a number, a Host outside ALLOWED_HOSTS, "
+            "or a request body that is not JSON.",
             headers,
         ),
         "Unauthorized": _problem("A bearer token was sent and is not HEALTH_TOKEN.", headers, **unauthorized_headers),
@@ -108,13 +117,22 @@ def _shared_responses(settings: Settings) -> dict[str, Any]:
                 "WWW-Authenticate": {"required": True, "schema": {"pattern": '^Bearer realm="metrics"'}},
             },
         ),
-        "NotFound": _problem("No resource exists at this path (any path not listed here).", headers),
+        "NotFound": _problem(
+            "No resource exists at this path: any path not listed here, or path parameters that name nothing.",
+            headers,
+        ),
         "MethodNotAllowed": _problem(
             "The method is not allowed for this resource; `Allow` lists those that are.",
             headers,
             Allow={"required": True, "schema": {"type": "string"}},
         ),
         "ContentTooLarge": _problem("The request body is larger than MAX_BODY_BYTES.", headers),
+        "UnsupportedMediaType": _problem("The request body is not `application/json`.", headers),
+        "UnprocessableContent": _problem(
+            "Some values of the request are invalid: `errors` lists each, with a JSON Pointer into the body "
+            "(`pointer`) or the parameter's name (`parameter`).",
+            headers,
+        ),
         "RequestHeaderFieldsTooLarge": _problem(
             f"More than {MAX_HEADER_COUNT} header fields or {MAX_HEADER_BYTES} bytes of them.", headers
         ),
@@ -242,11 +260,12 @@ def _with_common_errors(operation: dict[str, Any]) -> dict[str, Any]:
     responses.setdefault("413", _ref("ContentTooLarge"))
     responses.setdefault("431", _ref("RequestHeaderFieldsTooLarge"))
     responses.setdefault("500", _ref("InternalServerError"))
+    operation["responses"] = dict(sorted(responses.items()))
     return operation
 
 
 def _head(operation: Mapping[str, Any]) -> dict[str, Any]:
-    """The HEAD twin of a GET operation: the same answers and headers, no body."""
+    """The HEAD twin of a GET operation: the same parameters, answers and headers, no body."""
     responses = {
         status: {k: v for k, v in response.items() if k != "content"}
         for status, response in operation["responses"].items()
@@ -265,45 +284,127 @@ def _methods(route: StarletteRoute) -> list[str]:
     return []  # a plain ASGI app takes any method: nothing to list
 
 
-def _route_path_item(route: StarletteRoute, settings: Settings) -> dict[str, Any]:
+# What each Starlette convertor matches (`int` and `float` take digits only: no sign, no exponent).
+_PATH_SCHEMAS: dict[type[Convertor[Any]], dict[str, Any]] = {
+    IntegerConvertor: {"type": "integer", "minimum": 0},
+    FloatConvertor: {"type": "number", "minimum": 0},
+    UUIDConvertor: {"type": "string", "format": "uuid"},
+    PathConvertor: {"type": "string"},
+}
+_SEGMENT = {"type": "string", "pattern": "^[^/]+$"}  # `str`, and any convertor of the service's own
+
+
+def _declared_types(route: Route) -> list[Any]:
+    return [t for t in (route.body, route.query, *route.responses.values()) if t is not None]
+
+
+class _Declared:
+    """Operations of svc `Route`s from their declarations, with the schemas of every declared type made at once."""
+
+    def __init__(self, routes: Iterable[Route], settings: Settings) -> None:
+        types = dict.fromkeys([HealthBody, Problem, *(t for route in routes for t in _declared_types(route))])
+        schemas, self.components = msgspec.json.schema_components(list(types), ref_template=REF)
+        self.schemas = dict(zip(types, schemas, strict=True))
+        self.headers = _common_headers(settings)
+
+    def operation(self, route: Route, method: str) -> dict[str, Any]:
+        """The operation `method` of `route` (a lower-case method other than HEAD)."""
+        operation: dict[str, Any] = {"summary": route.summary or route.name}
+        if route.description:
+            operation["description"] = route.description
+        if route.tags:
+            operation["tags"] = list(route.tags)
+        operation["parameters"] = [
+            {"$ref": "#/components/parameters/X-Request-ID"},
+            *self._path_parameters(route),
+            *self._query_parameters(route),
+        ]
+        responses = {str(status): self._response(status, t) for status, t in sorted(route.responses.items())}
+        if not any(status < 400 for status in route.responses):
+            responses["default"] = {"description": "Not described."}
+        takes_body = route.body is not None and method != "get"
+        if takes_body:
+            operation["requestBody"] = {"required": True, "content": {_JSON: {"schema": self.schemas[route.body]}}}
+            responses.setdefault("415", _ref("UnsupportedMediaType"))
+        if takes_body or route.query is not None or route.param_convertors:
+            responses.setdefault("422", _ref("UnprocessableContent"))
+        if route.param_convertors:
+            responses.setdefault("404", _ref("NotFound"))
+        operation["responses"] = responses
+        return operation
+
+    def _response(self, status: int, body: Any) -> dict[str, Any]:
+        try:
+            description = HTTPStatus(status).phrase
+        except ValueError:
+            description = f"Status {status}."
+        if body is None and status >= 400:
+            return _problem(description, self.headers)
+        response: dict[str, Any] = {"description": description, "headers": self.headers}
+        if body is not None:
+            response["content"] = {_JSON: {"schema": self.schemas[body]}}
+        return response
+
+    @staticmethod
+    def _path_parameters(route: Route) -> list[dict[str, Any]]:
+        return [
+            {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(type(convertor), _SEGMENT)}
+            for name, convertor in route.param_convertors.items()
+        ]
+
+    def _query_parameters(self, route: Route) -> list[dict[str, Any]]:
+        if route.query is None:
+            return []
+        # The Struct's own schema, by reference: its properties carry the fields' constraints and defaults.
+        name = self.schemas[route.query]["$ref"].rpartition("/")[2]
+        properties = self.components[name]["properties"]
+        return [
+            {
+                "name": field.encode_name,
+                "in": "query",
+                "required": field.required,
+                "schema": properties[field.encode_name],
+            }
+            for field in msgspec.structs.fields(route.query)
+        ]
+
+
+def _operation_id(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`, ... when taken; recorded in `taken`."""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}_{number}"
+    taken.add(candidate)
+    return candidate
+
+
+def _route_path_item(route: StarletteRoute, declared: _Declared, settings: Settings, taken: set[str]) -> dict[str, Any]:
     methods = _methods(route)
     builtin = _builtin(route.endpoint, settings)
     if builtin is not None:
-        item = {"get": builtin, "head": _head(builtin)}
-        return {m: _with_common_errors(item[m]) for m in methods if m in item}
-    described: Mapping[str, Any] = getattr(route.endpoint, "openapi", None) or {}
-    item = {}
-    for method in methods:
-        if (operation := described.get(method)) is not None:
-            item[method] = _with_common_errors({**operation, "responses": dict(operation.get("responses", {}))})
-        else:
-            item[method] = {"summary": route.name, "responses": {"default": {"description": "Not described."}}}
-    return item
-
-
-def _structs_to_refs(value: Any, found: set[type[msgspec.Struct]]) -> Any:
-    """`value` with every msgspec Struct type in it replaced by a `$ref`, collecting the types in `found`."""
-    if isinstance(value, type) and issubclass(value, msgspec.Struct):
-        found.add(value)
-        return {"$ref": REF.format(name=value.__name__)}
-    if isinstance(value, Mapping):
-        return {k: _structs_to_refs(v, found) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_structs_to_refs(v, found) for v in value]
-    return value
+        item = {"get": _with_common_errors(builtin)}
+    elif isinstance(route, Route):
+        item = {m: _with_common_errors(declared.operation(route, m)) for m in methods if m != "head"}
+    else:
+        item = {
+            m: {"summary": route.name, "responses": {"default": {"description": "Not described."}}} for m in methods
+        }
+    if "head" in methods and "get" in item:
+        item["head"] = _head(item["get"])
+    return {m: {**item[m], "operationId": _operation_id(f"{m}_{route.name}", taken)} for m in methods if m in item}
 
 
 def build_openapi(settings: Settings, routes: Iterable[BaseRoute]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document describing `routes` (plain `Route`s; others are skipped) under `settings`."""
+    """The OpenAPI 3.1 document describing `routes` (Starlette `Route`s in the schema; others are skipped)."""
+    listed = [r for r in routes if isinstance(r, StarletteRoute) and r.include_in_schema]
+    declared = _Declared([r for r in listed if isinstance(r, Route)], settings)
     paths: dict[str, Any] = {}
-    for route in routes:
-        if isinstance(route, StarletteRoute):
-            paths.setdefault(route.path_format, {}).update(_route_path_item(route, settings))
-    structs: set[type[msgspec.Struct]] = {HealthBody, Problem}
-    paths = _structs_to_refs(paths, structs)
-    _, schemas = msgspec.json.schema_components(sorted(structs, key=lambda t: t.__name__), ref_template=REF)
+    taken: set[str] = set()
+    for route in listed:
+        paths.setdefault(route.path_format, {}).update(_route_path_item(route, declared, settings, taken))
     components: dict[str, Any] = {
-        "schemas": schemas,
+        "schemas": declared.components,
         "responses": _shared_responses(settings),
         "headers": _header_components(settings),
         "parameters": {

@@ -15,36 +15,24 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute
+from starlette.routing import Route as StarletteRoute
 
 from svc.app import create_app
 from svc.errors import Problem
 from svc.health import HealthBody
+from svc.http.routing import Route
 from svc.settings import Environment, Settings
+from tests import resource_app
 from tests.conftest import serve
+from tests.resource_app import Item, ItemIn
 
 TOKEN = "openapi-health-token-0123"
+JSON = {"Content-Type": "application/json"}
 
 
-class Item(msgspec.Struct):
-    """A payload of a route added by a user."""
-
-    name: str
-    count: int
-
-
-async def get_item(request: Request) -> Response:
-    if request.query_params.get("fail"):
-        raise RuntimeError("unexpected")
-    return Response(msgspec.json.encode(Item("a", 1)), media_type="application/json")
-
-
-get_item.openapi = {  # type: ignore[attr-defined]
-    "get": {
-        "summary": "One item.",
-        "responses": {"200": {"description": "The item.", "content": {"application/json": {"schema": Item}}}},
-    }
-}
+async def fail(request: Request) -> Response:
+    raise RuntimeError("unexpected")
 
 
 async def undescribed(request: Request) -> Response:
@@ -52,8 +40,6 @@ async def undescribed(request: Request) -> Response:
 
 
 class Counter(HTTPEndpoint):
-    openapi = {"put": {"summary": "Set the count.", "responses": {"204": {"description": "Set."}}}}
-
     async def get(self, request: Request) -> Response:
         return Response("1")
 
@@ -61,11 +47,16 @@ class Counter(HTTPEndpoint):
         return Response(status_code=204)
 
 
-USER_ROUTES = [
-    Route("/items/{item_id:int}", get_item),
-    Route("/plain", undescribed, methods=["POST"]),
-    Route("/counter", Counter),
-]
+def user_routes() -> list[BaseRoute]:
+    """The sample resource (tests/resource_app.py, a store of its own), and routes that declare nothing."""
+    return [
+        *resource_app.routes(),
+        Route("/fail", fail, responses={200: Item}),
+        Route("/undeclared", undescribed),
+        Route("/hidden", undescribed, include_in_schema=False),
+        StarletteRoute("/plain", undescribed, methods=["POST"]),
+        StarletteRoute("/counter", Counter),
+    ]
 
 
 class Contract:
@@ -84,7 +75,10 @@ class Contract:
         return obj
 
     def validator(self, schema: dict[str, Any]) -> Any:
-        return self.validators.get(schema["$ref"]) if "$ref" in schema else jsonschema_rs.validator_for(schema)
+        if "$ref" in schema:
+            return self.validators.get(schema["$ref"])
+        # An inline schema (`list[Item]`) may refer to components: they resolve against the document's.
+        return jsonschema_rs.validator_for({**schema, "components": self.document["components"]})
 
     def expected(self, method: str, path: str, status: int) -> dict[str, Any]:
         """The response object the document gives for `status` of `method path` (a template path for `path`)."""
@@ -161,10 +155,31 @@ SCENARIOS = {
     "Host allowed": Scenario(
         {"allowed_hosts": ("api.example.com",)}, "GET", "/health", 200, headers={"Host": "api.example.com"}
     ),
-    "user route": Scenario({}, "GET", "/items/7", 200, template="/items/{item_id}"),
-    "user route error": Scenario({}, "GET", "/items/7?fail=1", 500, template="/items/{item_id}"),
-    "undescribed user route": Scenario({}, "POST", "/plain", 200),
-    "class-based user route": Scenario({}, "PUT", "/counter", 204),
+    "create": Scenario({}, "POST", "/items", 201, JSON, b'{"name": "a", "count": 2}'),
+    "body out of bounds": Scenario({}, "POST", "/items", 422, JSON, b'{"name": "", "count": 1001}'),
+    "unknown body field": Scenario({}, "POST", "/items", 422, JSON, b'{"name": "a", "colour": "red"}'),
+    "body not JSON": Scenario({}, "POST", "/items", 400, JSON, b'{"name": '),
+    "body of another media type": Scenario({}, "POST", "/items", 415, {"Content-Type": "text/plain"}, b"a"),
+    "no body": Scenario({}, "POST", "/items", 415),
+    **{f"{m} list": Scenario({}, m, "/items?limit=5&offset=1", 200) for m in ("GET", "HEAD")},
+    **{f"{m} query out of bounds": Scenario({}, m, "/items?limit=0", 422) for m in ("GET", "HEAD")},
+    "required query parameter": Scenario({}, "GET", "/search?name=a", 200),
+    "required query parameter missing": Scenario({}, "GET", "/search", 422),
+    **{
+        f"{m} missing item": Scenario({}, m, "/items/7", 404, template="/items/{item_id}")
+        for m in ("GET", "HEAD", "DELETE")
+    },
+    "path parameter not matching its convertor": Scenario({}, "GET", "/items/seven", 404),
+    "uuid path parameter": Scenario(
+        {}, "GET", "/tags/00000000-0000-4000-8000-000000000002", 204, template="/tags/{tag_id}"
+    ),
+    "uuid path parameter naming nothing": Scenario(
+        {}, "GET", "/tags/00000000-0000-4000-8000-000000000003", 404, template="/tags/{tag_id}"
+    ),
+    "declared route error": Scenario({}, "GET", "/fail", 500),
+    "undeclared svc route": Scenario({}, "GET", "/undeclared", 200),
+    "undescribed Starlette route": Scenario({}, "POST", "/plain", 200),
+    "class-based Starlette route": Scenario({}, "PUT", "/counter", 204),
 }
 
 
@@ -178,7 +193,7 @@ async def fetch_contract(client: httpx.AsyncClient) -> Contract:
 async def test_live_responses_conform_to_the_document(
     make_settings: Callable[..., Settings], scenario: Scenario
 ) -> None:
-    app = create_app(make_settings(**scenario.settings), routes=USER_ROUTES)
+    app = create_app(make_settings(**scenario.settings), routes=user_routes())
     contract = Contract(built_document(app))
     async with serve(app) as client:
         response = await client.request(
@@ -214,7 +229,7 @@ SETTINGS_VARIANTS = {
 
 @pytest.mark.parametrize("overrides", SETTINGS_VARIANTS.values(), ids=SETTINGS_VARIANTS.keys())
 def test_the_document_is_valid_openapi_3_1(make_settings: Callable[..., Settings], overrides: dict[str, Any]) -> None:
-    document = built_document(create_app(make_settings(**overrides), routes=USER_ROUTES))
+    document = built_document(create_app(make_settings(**overrides), routes=user_routes()))
     errors = [str(error) for error in OPENAPI_31_VALIDATOR.iter_errors(document)]
     assert errors == []
     assert document["openapi"].startswith("3.1")
@@ -230,29 +245,224 @@ def built_document(app: Any) -> dict[str, Any]:
     return document
 
 
-@pytest.mark.parametrize("struct", [HealthBody, Problem, Item])
-def test_payload_schemas_are_generated_from_the_structs(
-    make_settings: Callable[..., Settings], struct: type[msgspec.Struct]
-) -> None:
-    schemas = built_document(create_app(make_settings(), routes=USER_ROUTES))["components"]["schemas"]
+async def test_an_item_conforms_to_the_document_through_its_life(make_settings: Callable[..., Settings]) -> None:
+    app = create_app(make_settings(), routes=user_routes())
+    contract = Contract(built_document(app))
+    async with serve(app) as client:
+        created = await client.post("/items", json={"name": "lamp", "labels": ["a"]})
+        location = created.headers["location"]
+        answers = [
+            (created, None),
+            (await client.get(location), "/items/{item_id}"),
+            (await client.head(location), "/items/{item_id}"),
+            (await client.get("/items"), None),
+            (await client.get("/search", params={"name": "am"}), None),
+            (await client.delete(location), "/items/{item_id}"),
+            (await client.get(location), "/items/{item_id}"),
+        ]
+    assert [r.status_code for r, _ in answers] == [201, 200, 200, 200, 200, 204, 404]
+    assert answers[1][0].json() == {"id": 1, "name": "lamp", "count": 0, "labels": ["a"]}
+    assert answers[4][0].json() == [answers[1][0].json()]
+    for response, template in answers:
+        contract.check(response, template)
+
+
+@pytest.fixture
+def document(make_settings: Callable[..., Settings]) -> dict[str, Any]:
+    """The document of an app with the sample resource and the routes that declare nothing."""
+    return built_document(create_app(make_settings(), routes=user_routes()))
+
+
+@pytest.mark.parametrize("struct", [HealthBody, Problem, ItemIn, Item])
+def test_payload_schemas_are_generated_from_the_structs(document: dict[str, Any], struct: type[msgspec.Struct]) -> None:
     fields = msgspec.structs.fields(struct)
-    schema = schemas[struct.__name__]
+    schema = document["components"]["schemas"][struct.__name__]
     assert set(schema["properties"]) == {f.encode_name for f in fields}
     assert set(schema["required"]) == {f.encode_name for f in fields if f.required}
     assert schema["description"] == struct.__doc__
 
 
+def test_the_structs_constraints_are_the_schemas_constraints(document: dict[str, Any]) -> None:
+    schema = document["components"]["schemas"]["ItemIn"]
+    assert schema["additionalProperties"] is False  # forbid_unknown_fields
+    assert schema["properties"] == {
+        "name": {"description": "What the item is called.", "type": "string", "minLength": 1, "maxLength": 40},
+        "count": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 0},
+        "labels": {"type": "array", "items": {"type": "string", "maxLength": 10}, "maxItems": 5, "default": []},
+    }
+
+
+def test_a_declared_body_is_a_required_json_request_body(document: dict[str, Any]) -> None:
+    operation = document["paths"]["/items"]["post"]
+    assert operation["requestBody"] == {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ItemIn"}}},
+    }
+    assert operation["responses"]["201"]["content"] == {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Item"}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "parameters"),
+    [
+        (
+            "/items",
+            [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                },
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0, "default": 0},
+                },
+            ],
+        ),
+        (
+            "/search",
+            [
+                {
+                    "name": "name",
+                    "in": "query",
+                    "required": True,
+                    "schema": {
+                        "description": "What the item is called.",
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 40,
+                    },
+                }
+            ],
+        ),
+        (
+            "/items/{item_id}",
+            [{"name": "item_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}],
+        ),
+    ],
+    ids=["query with defaults", "required query", "path"],
+)
+def test_query_structs_and_path_convertors_are_parameters(
+    document: dict[str, Any], path: str, parameters: list[dict[str, Any]]
+) -> None:
+    for method in ("get", "head"):
+        assert document["paths"][path][method]["parameters"] == [
+            {"$ref": "#/components/parameters/X-Request-ID"},
+            *parameters,
+        ]
+
+
+@pytest.mark.parametrize(
+    ("convertor", "schema"),
+    [
+        ("str", {"type": "string", "pattern": "^[^/]+$"}),
+        ("path", {"type": "string"}),
+        ("int", {"type": "integer", "minimum": 0}),
+        ("float", {"type": "number", "minimum": 0}),
+        ("uuid", {"type": "string", "format": "uuid"}),
+    ],
+)
+def test_path_parameters_take_their_schema_from_the_convertor(
+    make_settings: Callable[..., Settings], convertor: str, schema: dict[str, Any]
+) -> None:
+    routes = [Route(f"/things/{{thing:{convertor}}}", undescribed, responses={204: None})]
+    operation = built_document(create_app(make_settings(), routes=routes))["paths"]["/things/{thing}"]["get"]
+    assert operation["parameters"][1:] == [{"name": "thing", "in": "path", "required": True, "schema": schema}]
+
+
+REQUEST_ERRORS = {"400", "404", "413", "415", "422", "431", "500"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "statuses"),
+    [
+        ("post", "/items", {"400", "413", "415", "422", "431", "500"}),
+        ("get", "/items", {"400", "413", "422", "431", "500"}),
+        ("get", "/items/{item_id}", {"400", "404", "413", "422", "431", "500"}),
+        ("delete", "/items/{item_id}", {"400", "404", "413", "422", "431", "500"}),
+        ("get", "/undeclared", {"400", "413", "431", "500"}),
+        ("get", "/health", {"400", "413", "431", "500"}),
+    ],
+    ids=["body", "query", "path", "path, not GET", "nothing declared", "built-in"],
+)
+def test_the_errors_a_request_may_get_are_documented(
+    document: dict[str, Any], method: str, path: str, statuses: set[str]
+) -> None:
+    assert set(document["paths"][path][method]["responses"]) & REQUEST_ERRORS == statuses
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "responses"),
+    [
+        ("get", "/items/{item_id}", {"200": "Item", "404": None}),
+        ("delete", "/items/{item_id}", {"204": None, "404": None}),
+        ("get", "/items", {"200": "array"}),
+    ],
+)
+def test_declared_responses_are_documented(
+    document: dict[str, Any], method: str, path: str, responses: dict[str, str | None]
+) -> None:
+    documented = document["paths"][path][method]["responses"]
+    for status, body in responses.items():
+        content = documented[status].get("content")
+        if body is None and int(status) < 400:
+            assert content is None
+        elif body is None:
+            assert content == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        else:
+            assert body in json.dumps(content["application/json"]["schema"])
+    assert "default" not in documented
+
+
+def test_summary_description_and_tags_are_the_declared_ones(document: dict[str, Any]) -> None:
+    listing, create = document["paths"]["/items"]["get"], document["paths"]["/items"]["post"]
+    assert (listing["summary"], listing["description"], listing["tags"]) == ("List items", "Oldest first.", ["items"])
+    assert (create["summary"], "description" in create) == ("create_item", False)  # the route's name
+
+
+def test_every_get_has_a_head_twin_without_content(document: dict[str, Any]) -> None:
+    gets = {path: item for path, item in document["paths"].items() if "get" in item}
+    assert {"/health", "/openapi.json", "/items", "/items/{item_id}", "/search", "/undeclared", "/counter"} <= set(gets)
+    for path, item in gets.items():
+        get, head = item["get"], item["head"]
+        assert head.get("parameters") == get.get("parameters"), path
+        assert set(head["responses"]) == set(get["responses"]), path
+        assert not any("content" in response for response in head["responses"].values()), path
+        assert head["operationId"] != get["operationId"], path
+
+
+def test_operation_ids_are_the_method_and_route_name_and_unique(make_settings: Callable[..., Settings]) -> None:
+    def build() -> dict[str, Any]:
+        routes = [*user_routes(), Route("/again", undescribed, name="undescribed")]
+        return built_document(create_app(make_settings(), routes=routes))
+
+    document = build()
+    ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    assert ids == [op["operationId"] for item in build()["paths"].values() for op in item.values()]
+    items = document["paths"]["/items/{item_id}"]
+    assert (items["get"]["operationId"], items["head"]["operationId"]) == ("get_get_item", "head_get_item")
+    assert document["paths"]["/again"]["get"]["operationId"] == "get_undescribed_2"
+
+
 def test_every_route_and_method_is_described(make_settings: Callable[..., Settings]) -> None:
-    app = create_app(make_settings(), routes=USER_ROUTES)
+    app = create_app(make_settings(), routes=user_routes())
+    routes: dict[str, set[str]] = {}
+    for route in app.routes:
+        if isinstance(route, StarletteRoute) and route.methods and route.include_in_schema:
+            routes.setdefault(route.path_format, set()).update(m.lower() for m in route.methods)
     paths = built_document(app)["paths"]
-    routes = {r.path_format: {m.lower() for m in r.methods} for r in app.routes if isinstance(r, Route) and r.methods}
     assert {path: set(item) for path, item in paths.items()} == {**routes, "/counter": {"get", "head", "put"}}
     assert "/openapi.json" in routes
-    assert paths["/counter"]["put"]["responses"]["204"] == {"description": "Set."}
-    assert paths["/plain"]["post"]["responses"] == {"default": {"description": "Not described."}}
-    assert paths["/items/{item_id}"]["get"]["responses"]["500"] == {
-        "$ref": "#/components/responses/InternalServerError"
-    }
+    assert "/hidden" not in paths
+    undescribed = {"default": {"description": "Not described."}}
+    assert [op["responses"] for op in paths["/counter"].values()] == [undescribed] * 3
+    assert paths["/plain"]["post"]["responses"] == undescribed
+    assert paths["/undeclared"]["get"]["responses"]["default"] == {"description": "Not described."}
 
 
 @pytest.mark.parametrize(
