@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from svc.app import App, create_app
-from svc.errors import BadRequest, FieldError, NotFound, UnprocessableContent, UnsupportedMediaType
+from svc.errors import NotFound
+from svc.http.decode import decode_body, decode_path, decode_query
 from svc.http.responses import json_response
 from svc.http.routing import Route
 
@@ -61,62 +62,6 @@ class ItemPath(msgspec.Struct):
 
 class TagPath(msgspec.Struct):
     tag_id: uuid.UUID
-
-
-# --- Local stand-in for svc.http.decode (being written on another branch): at merge, delete this block and
-# --- import `decode_body`, `decode_query` and `decode_path` from `svc.http.decode` instead.
-T = TypeVar("T")
-
-
-async def decode_body(request: Request, type_: type[T]) -> T:
-    """The JSON body as `type_`: 415 for another media type, 400 for malformed JSON, 422 for invalid values."""
-    if request.headers.get("content-type", "").partition(";")[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType()
-    try:
-        value = msgspec.json.decode(await request.body())
-    except msgspec.DecodeError:
-        raise BadRequest("The request body is not well-formed JSON.") from None
-    try:
-        # Integral numbers as ints: JSON Schema's integers include 325.0 and 1e3, which msgspec's `int` refuses,
-        # and every body the document allows must be accepted (schemathesis checks it).
-        return msgspec.convert(_integral(value), type_)
-    except msgspec.ValidationError as exc:
-        raise UnprocessableContent([FieldError(detail=str(exc), pointer="#")]) from None
-
-
-def _integral(value: Any) -> Any:
-    """`value` (decoded JSON) with every float that has no fractional part made an int."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _integral(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_integral(item) for item in value]
-    return value
-
-
-def _convert(values: dict[str, Any], type_: type[T]) -> T:
-    try:
-        return msgspec.convert(values, type_, strict=False)
-    except msgspec.ValidationError as exc:
-        raise UnprocessableContent([FieldError(detail=str(exc))]) from None
-
-
-def decode_query(request: Request, type_: type[T]) -> T:
-    """The query parameters as `type_` (422 for invalid values; a repeated parameter is invalid)."""
-    query = request.query_params
-    repeated = sorted({key for key in query if len(query.getlist(key)) > 1})
-    if repeated:
-        raise UnprocessableContent([FieldError(detail="Given more than once.", parameter=key) for key in repeated])
-    return _convert(dict(query), type_)
-
-
-def decode_path(request: Request, type_: type[T]) -> T:
-    """The path parameters as `type_` (422 for invalid values)."""
-    return _convert(request.path_params, type_)
-
-
-# --- End of the stand-in.
 
 
 class Items:

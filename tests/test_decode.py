@@ -201,6 +201,20 @@ async def test_a_valid_json_body_decodes_with_defaults(client: httpx.AsyncClient
     }
 
 
+@pytest.mark.parametrize("priority", ["4.0", "4e0", "0.4e1"])
+async def test_an_integral_number_written_as_a_float_is_an_int(client: httpx.AsyncClient, priority: str) -> None:
+    # JSON has one number type: 4.0 is the integer 4 (JSON Schema agrees), though msgspec's int refuses it.
+    response = await post(client, "/notes", f'{{"title": "Groceries", "priority": {priority}}}', "application/json")
+    assert response.status_code == 201, response.text
+    assert response.json()["priority"] == 4
+
+
+async def test_a_fractional_number_is_not_an_int(client: httpx.AsyncClient) -> None:
+    response = await post(client, "/notes", '{"title": "Groceries", "priority": 4.5}', "application/json")
+    assert response.status_code == 422
+    assert [e["pointer"] for e in response.json()["errors"]] == ["#/priority"]
+
+
 @pytest.mark.parametrize(
     "content_type",
     [

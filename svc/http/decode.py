@@ -19,6 +19,7 @@ only when that fails.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import re
@@ -80,9 +81,11 @@ async def decode_body(request: Request, type_: type[T]) -> T:
             raise _malformed(exc, body) from None
         # Invalid: read it as plain JSON (a validation error can come before a syntax error) and walk it.
         try:
-            data = msgspec.json.decode(body)
+            data = _integral(msgspec.json.decode(body))
         except msgspec.DecodeError as exc:
             raise _malformed(exc, body) from None
+        with contextlib.suppress(msgspec.ValidationError):
+            return msgspec.convert(data, type_)  # valid once integral numbers are ints (325.0, 1e3)
         walk = _Walk()
         walk.check(data, type_, (), 0)
         if not walk.errors:  # what the walk does not look into: a __post_init__, a custom type
@@ -93,6 +96,18 @@ async def decode_body(request: Request, type_: type[T]) -> T:
         raise BadRequest("The request body is nested too deeply.") from None
     except UnicodeDecodeError:  # msgspec's error for a string that is not UTF-8
         raise BadRequest("The request body is not valid JSON: it is not UTF-8.") from None
+
+
+def _integral(value: Any) -> Any:
+    """Decoded JSON with every number that has no fractional part an int: JSON has one number type, and its
+    integers include 325.0 and 1e3 (as JSON Schema's do), which msgspec's `int` refuses."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
 
 
 def _require_json(headers: Headers) -> None:

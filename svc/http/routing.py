@@ -52,7 +52,7 @@ class Route(StarletteRoute):
     `body` (the JSON body's msgspec Struct), `query` (a Struct of the query parameters),
     `responses` (status → the body's type, or None: no body for a success, a problem for an
     error), and `summary`, `description`, `tags`. The endpoint still decodes explicitly
-    (`svc.decode.body(request, NoteIn)`): nothing is injected.
+    (`svc.decode_body(request, NoteIn)`): nothing is injected.
     """
 
     def __init__(
