@@ -397,3 +397,26 @@ def test_pre_commit_runs_every_hook_without_downloading_anything(tmp_path: Path)
         assert re.search(rf"^{re.escape(name)}\b.*Passed$", result.stdout, re.M), result.stdout
     # pre-commit clones hook repositories into PRE_COMMIT_HOME as repo* directories: local hooks need none.
     assert not list(tmp_path.glob("repo*"))
+
+
+# --- Code the README quotes is the example's real code ---------------------------------------------------------------
+
+QUOTED = re.compile(r"<!-- quote: (?P<path>[^ >]+) -->\n```python\n(?P<code>.*?)```", re.S)
+
+
+def quoted_code() -> list[tuple[str, str]]:
+    return [(m["path"], m["code"]) for m in QUOTED.finditer(README.read_text())]
+
+
+def test_the_build_a_resource_walkthrough_quotes_code() -> None:
+    assert len(quoted_code()) >= 5
+
+
+@pytest.mark.parametrize(("path", "code"), quoted_code(), ids=[f"{p}:{i}" for i, (p, _) in enumerate(quoted_code())])
+def test_quoted_code_is_the_files_own(path: str, code: str) -> None:
+    # Every line of the block, in order, is a line of the file (a quote may leave out lines, marked "...").
+    lines = iter((ROOT / path).read_text().splitlines())
+    for wanted in code.splitlines():
+        if wanted.strip() in ("...", "# ..."):
+            continue
+        assert any(line == wanted for line in lines), f"{path} does not have, in this order: {wanted!r}"
