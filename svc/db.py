@@ -399,7 +399,7 @@ class Database:
                 adapter: Any = raw.dbapi_connection
                 await adapter._start_transaction()
             except BaseException as exc:
-                lost = driver is not None and driver.is_closed()
+                lost = driver is not None and _lost(driver, exc)
                 await (session.invalidate() if lost else session.close())
                 if attempt or not lost or not isinstance(exc, Exception):
                     raise
@@ -513,7 +513,7 @@ class Database:
                 transaction = driver.transaction(isolation=isolation)
                 await transaction.start()
             except BaseException as exc:
-                lost = driver is not None and driver.is_closed()
+                lost = driver is not None and _lost(driver, exc)
                 if lost:
                     await connection.invalidate()
                 await connection.close()
@@ -612,6 +612,14 @@ class Database:
 
 def _pairs(names: list[str], values: Iterable[str]) -> list[str]:
     return [item for pair in zip(names, values, strict=True) for item in pair]
+
+
+def _lost(driver: asyncpg.Connection, exc: BaseException) -> bool:
+    """Whether `exc` says `driver`'s connection is gone (the server may have said so before closing it)."""
+    return bool(driver.is_closed()) or isinstance(
+        driver_error(exc),
+        (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError),
+    )
 
 
 async def _driver(connection: AsyncConnection) -> asyncpg.Connection:
