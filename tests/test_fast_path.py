@@ -194,13 +194,19 @@ async def test_the_fast_path_uses_the_pool_and_its_counters(db: Database) -> Non
 # -- transactions and settings --------------------------------------------------------------------------------------
 
 
-async def test_a_transaction_commits_on_success_and_rolls_back_when_the_block_raises(db: Database, scratch: Any) -> None:
+async def test_a_transaction_commits_on_success_and_rolls_back_when_the_block_raises(
+    db: Database, scratch: Any
+) -> None:
     async with db.transaction() as conn:
         await conn.execute("INSERT INTO items (id, name) VALUES ($1, $2)", 10, "kept")
-    with pytest.raises(ValueError, match="not a database error"):
+
+    async def insert_then_fail() -> None:
         async with db.transaction() as conn:
             await conn.executemany("INSERT INTO items (id, name) VALUES ($1, $2)", [(11, "lost"), (12, "lost")])
             raise ValueError("not a database error")
+
+    with pytest.raises(ValueError, match="not a database error"):
+        await insert_then_fail()
     assert await scratch.fetchval("SELECT array_agg(name ORDER BY id) FROM items") == ["taken", "kept"]
     assert db.pool_stats().checked_out == 0
 
@@ -255,7 +261,10 @@ ERRORS = {
     "unique": ErrorCase("INSERT INTO items (id, name) VALUES (1, 'secret-value-unique')", Conflict, 409),
     "foreign-key": ErrorCase("INSERT INTO items (id, name, parent) VALUES (2, 'secret-value-fk', 99)", Conflict, 409),
     "not-null": ErrorCase(
-        "INSERT INTO items (id, name, qty) VALUES (3, NULL, 12345)", UnprocessableContent, 422, "A value is required for name."
+        "INSERT INTO items (id, name, qty) VALUES (3, NULL, 12345)",
+        UnprocessableContent,
+        422,
+        "A value is required for name.",
     ),
     "check": ErrorCase(
         "INSERT INTO items (id, name, qty) VALUES (4, 'secret-value-check', -12345)",
@@ -265,7 +274,9 @@ ERRORS = {
     ),
     "serialization": ErrorCase(raise_sqlstate("40001"), ServiceUnavailable, 503),
     "deadlock": ErrorCase(raise_sqlstate("40P01"), ServiceUnavailable, 503),
-    "other": ErrorCase("SELECT 1 / (SELECT count(*) FROM items WHERE name = 'secret-value-none')::int", DatabaseError, 500),
+    "other": ErrorCase(
+        "SELECT 1 / (SELECT count(*) FROM items WHERE name = 'secret-value-none')::int", DatabaseError, 500
+    ),
 }
 
 
@@ -456,15 +467,20 @@ async def test_isolated_keeps_a_failed_unit_from_aborting_the_test(
 
 
 async def test_isolated_rolls_back_a_unit_whose_block_raises(db: Database) -> None:
+    async def in_session() -> None:
+        async with db.session() as session:
+            await session.execute(text("INSERT INTO items (id, name) VALUES (50, 'undone')"))
+            raise ValueError("undo")
+
+    async def in_transaction() -> None:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO items (id, name) VALUES (51, 'undone')")
+            raise ValueError("undo")
+
     async with db.isolated():
-        with pytest.raises(ValueError, match="undo"):
-            async with db.session() as session:
-                await session.execute(text("INSERT INTO items (id, name) VALUES (50, 'undone')"))
-                raise ValueError("undo")
-        with pytest.raises(ValueError, match="undo"):
-            async with db.transaction() as conn:
-                await conn.execute("INSERT INTO items (id, name) VALUES (51, 'undone')")
-                raise ValueError("undo")
+        for unit in (in_session, in_transaction):
+            with pytest.raises(ValueError, match="undo"):
+                await unit()
         assert await via_connection(db, "SELECT count(*) FROM items") == 1
 
 
