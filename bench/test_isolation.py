@@ -29,9 +29,8 @@ def database(database_url: str, loop: Any) -> Iterator[Database]:
 
 
 async def one_test(db: Database) -> None:
-    async with db.isolated():
-        async with db.connection() as conn:
-            assert await conn.fetchval("SELECT 1") == 1
+    async with db.isolated(), db.connection() as conn:
+        assert await conn.fetchval("SELECT 1") == 1
 
 
 def test_isolated_enter_query_exit(benchmark: Any, database: Database, loop: Any) -> None:
