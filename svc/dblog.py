@@ -1,4 +1,8 @@
-"""The slow-statement log: SQL that took at least `DB_SLOW_QUERY_MS`, at WARNING, with its text but never its parameters."""
+"""The slow-statement log: SQL that took at least `DB_SLOW_QUERY_MS`, at WARNING, with its text but never its parameters.
+
+SQLAlchemy's statements are timed by engine events (`install_slow_query_log`); the fast path
+(`svc.db.Connection`) times its own and logs through `log_slow_statement`, in the same shape.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 if TYPE_CHECKING:  # the asyncio extension imports the ORM: not needed to install the log
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["MAX_STATEMENT_CHARS", "install_slow_query_log"]
+__all__ = ["MAX_STATEMENT_CHARS", "install_slow_query_log", "log_slow_statement"]
 
 logger = logging.getLogger("svc.db.slow")
 #: Statements are cut to this many characters: enough to recognise one, not enough to flood the log.
@@ -42,20 +46,21 @@ def install_slow_query_log(engine: AsyncEngine | Engine, threshold_ms: float) ->
     def finished(conn: Connection, statement: str, **_: Any) -> None:
         start = conn.info.pop(_STARTED, None)
         if start is not None and (elapsed := time.perf_counter() - start) >= threshold:
-            _log(statement, elapsed, failed=False)
+            log_slow_statement(statement, elapsed, failed=False)
 
     def failed(ctx: ExceptionContext) -> None:
         conn, statement = ctx.connection, ctx.statement
         start = conn.info.pop(_STARTED, None) if conn is not None else None
         if start is not None and statement is not None and (elapsed := time.perf_counter() - start) >= threshold:
-            _log(statement, elapsed, failed=True)
+            log_slow_statement(statement, elapsed, failed=True)
 
     event.listen(target, "before_cursor_execute", started, named=True)
     event.listen(target, "after_cursor_execute", finished, named=True)
     event.listen(target, "handle_error", failed)
 
 
-def _log(statement: str, elapsed: float, *, failed: bool) -> None:
+def log_slow_statement(statement: str, elapsed: float, *, failed: bool) -> None:
+    """Log `statement` (its text only, cut to one line of at most `MAX_STATEMENT_CHARS`) as slow: it ran `elapsed` s."""
     duration_ms = round(elapsed * 1000, 3)
     text = _one_line(statement)
     logger.warning(

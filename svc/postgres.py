@@ -124,9 +124,11 @@ def engine_arguments(url: str, settings: Settings, purpose: Purpose) -> tuple[UR
 
 
 def driver_error(exc: BaseException) -> BaseException:
-    """asyncpg's own exception behind SQLAlchemy's `DBAPIError` (its adapter's error is caused by it); else `exc`."""
-    from sqlalchemy.exc import DBAPIError
-
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return exc.orig.__cause__ or exc.orig
+    """asyncpg's own exception behind SQLAlchemy's wrappers (`DBAPIError`, its adapter's error: each caused by
+    the one beneath); `exc` itself when it is not SQLAlchemy's."""
+    while type(exc).__module__.startswith("sqlalchemy."):
+        inner = getattr(exc, "orig", None) or exc.__cause__
+        if inner is None:
+            break
+        exc = inner
     return exc

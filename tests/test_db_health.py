@@ -79,8 +79,8 @@ async def test_db_health_passes_with_latency_pool_counters_and_server_version(
         assert connections["status"] == "pass"
         assert before <= parse_time(connections["time"]) <= after
         assert connections["observedValue"] == pool_counters(app)
-        assert connections["observedValue"]["size"] == 5
-        assert connections["observedValue"]["maxOverflow"] == 10
+        assert connections["observedValue"]["size"] == app.runtime.settings.db_pool_size
+        assert connections["observedValue"]["maxOverflow"] == app.runtime.settings.db_max_overflow
 
         [version] = checks["postgresql:version"]
         assert version["status"] == "pass"

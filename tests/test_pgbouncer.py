@@ -82,3 +82,26 @@ async def test_with_the_statement_cache_on_pgbouncer_transaction_mode_breaks(
         db: Database = app.runtime.db
         results = await asyncio.gather(*(rls_round_trip(db, n) for n in range(SESSIONS)), return_exceptions=True)
     assert any(isinstance(result, Exception) for result in results)
+
+
+async def fast_round_trip(db: Database, tenant: int) -> tuple[int, str, int]:
+    """The fast path: a parameterised autocommit read, then a transaction with a setting and a parameterised query."""
+    async with db.connection() as conn:
+        tripled = await conn.fetchval("SELECT $1::integer * 3", tenant)
+    async with db.transaction(tenant=str(tenant)) as conn:
+        setting = await conn.fetchval("SELECT current_setting('app.tenant')")
+        doubled = await conn.fetchval("SELECT $1::integer * 2", tenant)
+    return tripled, setting, doubled
+
+
+async def test_the_fast_path_works_through_pgbouncer_without_prepared_statement_clashes(
+    pgbouncer: PgBouncer, make_settings: Callable[..., Settings]
+) -> None:
+    app = create_app(through(pgbouncer, make_settings))
+    async with serve(app):
+        db: Database = app.runtime.db
+        results = await asyncio.gather(*(fast_round_trip(db, n) for n in range(SESSIONS)))
+        assert results == [(3 * n, str(n), 2 * n) for n in range(SESSIONS)]
+        async with db.connection() as conn:
+            assert await conn.fetchval("SELECT current_setting('app.tenant', true)") in ("", None)
+    assert "prepared statement" not in pgbouncer.output()

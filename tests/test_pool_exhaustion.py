@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
+from svc.settings import Settings
 from tests.conftest import UvicornProcess, cancelled, holding, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -90,3 +92,51 @@ async def test_sessions_get_a_503_problem_within_the_pool_timeout_while_health_a
     assert [response.status_code for response in held] == [200, 200]
     assert after.status_code == 200
     assert "Traceback" not in server.output()
+
+
+CONCURRENT = 64
+BURSTS = 5
+HOLD_EACH = 0.05  # long enough for all CONCURRENT requests to overlap, even on a busy machine
+
+
+async def server_connections(pg: Any, application_name: str) -> set[tuple[int, Any]]:
+    """The pool's PostgreSQL backends: (pid, backend_start), so a reopened connection never looks like the old one."""
+    rows = await pg.fetch(
+        "SELECT pid, backend_start FROM pg_stat_activity WHERE application_name = $1", application_name
+    )
+    return {(row["pid"], row["backend_start"]) for row in rows}
+
+
+async def bursts(client: httpx.AsyncClient, count: int) -> None:
+    """`count` times: CONCURRENT requests at once that each hold a connection briefly, all answered."""
+    for _ in range(count):
+        responses = await asyncio.gather(
+            *(client.get("/hold", params={"seconds": HOLD_EACH}) for _ in range(CONCURRENT))
+        )
+        assert [r.status_code for r in responses] == [200] * CONCURRENT
+
+
+@pytest.mark.parametrize(
+    ("pool", "churns"),
+    [({}, False), ({"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "10"}, True)],
+    ids=["defaults", "overflow-control"],
+)
+async def test_the_default_pool_opens_no_server_connection_after_warm_up_under_64_concurrent_requests(
+    uvicorn: Callable[..., UvicornProcess], pg: Any, pool: dict[str, str], churns: bool
+) -> None:
+    name = f"svc-churn-{uuid.uuid4().hex[:8]}"
+    server = uvicorn(
+        "--factory", app="tests.apps:create_test_app", DB_APPLICATION_NAME=name, ACCESS_LOG="false", **pool
+    )
+    server.wait_ready("/health/ready")
+    limits = httpx.Limits(max_connections=CONCURRENT)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30, limits=limits) as client:
+        await bursts(client, 2)  # warm-up: the pool opens what it keeps
+        warm = await server_connections(pg, name)
+        await bursts(client, BURSTS)
+        after = await server_connections(pg, name)
+    if churns:  # the control: overflow connections are closed on return and opened again by the next burst
+        assert after - warm
+    else:
+        assert after == warm
+        assert len(warm) <= Settings().db_pool_size

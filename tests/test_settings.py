@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from svc.settings import DEVELOPMENT_SECRET_KEY, ConfigError, Environment, load_settings
+from svc.settings import DEVELOPMENT_SECRET_KEY, ConfigError, Environment, Settings, load_settings
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 
@@ -152,7 +152,7 @@ def test_masked_configuration_hides_every_secret(monkeypatch: pytest.MonkeyPatch
         assert secret not in rendered
     assert masked["DATABASE_URL"] == "postgresql+asyncpg://svc:********@db/app"
     assert masked["SECRET_KEY"] == masked["HEALTH_TOKEN"] == "********"
-    assert masked["DB_POOL_SIZE"] == 5
+    assert masked["DB_POOL_SIZE"] == Settings().db_pool_size
 
 
 def test_settings_are_frozen() -> None:
@@ -178,7 +178,7 @@ def test_dotenv_in_a_parent_folder_is_ignored(isolated_env: Path, monkeypatch: p
     child = isolated_env / "child"
     child.mkdir()
     monkeypatch.chdir(child)
-    assert load_settings().db_pool_size == 5
+    assert load_settings().db_pool_size == Settings().db_pool_size
 
 
 def test_invalid_values_in_dotenv_are_reported_like_real_ones(isolated_env: Path) -> None:

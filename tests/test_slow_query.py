@@ -93,3 +93,30 @@ async def test_a_statement_cancelled_by_the_command_timeout_is_logged_as_failed(
     assert entry["failed"] is True
     assert 300 <= entry["duration_ms"] < 5000
     assert SECRET_PARAMETER not in err + body
+
+
+async def fast_sleep(request: Request) -> Response:
+    """`/sleep` on the fast path."""
+    async with request.app.runtime.database().connection() as conn:
+        await conn.fetchval(
+            "SELECT pg_sleep($1), CAST($2 AS text) AS label", float(request.query_params["seconds"]), SECRET_PARAMETER
+        )
+    return PlainTextResponse("slept")
+
+
+async def test_the_fast_path_logs_slow_statements_in_the_same_shape(
+    make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = create_app(make_settings(db_slow_query_ms=150), routes=[Route("/sleep", fast_sleep)])
+    async with serve(app) as client:
+        fast = await client.get("/sleep?seconds=0.3", headers={"X-Request-ID": "slow-fast"})
+        quick = await client.get("/sleep?seconds=0")
+    err = capsys.readouterr().err
+    assert (fast.status_code, quick.status_code) == (200, 200)
+    [entry] = slow_lines(err)
+    assert entry["level"] == "WARNING"
+    assert entry["duration_ms"] >= 300
+    assert entry["statement"] == "SELECT pg_sleep($1), CAST($2 AS text) AS label"
+    assert entry["request_id"] == "slow-fast"
+    assert entry["failed"] is False
+    assert SECRET_PARAMETER not in err
