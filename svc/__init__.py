@@ -2,7 +2,7 @@
 
 What a service's own modules build on, from one place:
 
-    from svc import Route, decode_body, json_response, NotFound
+    from svc import NotFound, Route, Service, database, decode_body, json_response
 
 Each name is imported on first use (PEP 562): `import svc` and the command line (`python -m svc`,
 which needs only `svc.settings`) load none of these modules until a name is asked for, and none
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from svc.http.decode import decode_body, decode_path, decode_query
     from svc.http.responses import Encoded, json_response
     from svc.http.routing import Route
+    from svc.runtime import database
+    from svc.service import Service
 
 __all__ = [
     "BadRequest",
@@ -36,10 +38,12 @@ __all__ = [
     "FieldError",
     "NotFound",
     "Route",
+    "Service",
     "ServiceError",
     "ServiceUnavailable",
     "UnprocessableContent",
     "UnsupportedMediaType",
+    "database",
     "decode_body",
     "decode_path",
     "decode_query",
@@ -48,6 +52,8 @@ __all__ = [
 
 _HOMES = {
     "Route": "svc.http.routing",
+    "Service": "svc.service",
+    "database": "svc.runtime",
     "Encoded": "svc.http.responses",
     "json_response": "svc.http.responses",
     "decode_body": "svc.http.decode",

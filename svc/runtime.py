@@ -12,12 +12,14 @@ from svc.errors import ServiceUnavailable
 from svc.settings import Settings
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from svc.db import Database
     from svc.metrics import Metrics
     from svc.probe import DatabaseProbe
     from svc.schema import SchemaCheck
 
-__all__ = ["Phase", "Runtime"]
+__all__ = ["Phase", "Runtime", "database"]
 
 
 class Phase(StrEnum):
@@ -75,3 +77,9 @@ class Runtime:
             phase = self.phase if self.phase is not Phase.SERVING else Phase.STARTING
             raise ServiceUnavailable(f"The service is not ready: {phase.reason}", headers={"Retry-After": "1"})
         return db
+
+
+def database(request: Request) -> Database:
+    """The database of the app serving `request` (`Runtime.database()`: a 503 problem while not ready)."""
+    runtime: Runtime = request.app.runtime
+    return runtime.database()

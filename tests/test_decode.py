@@ -594,6 +594,8 @@ def test_svc_exports_its_surface_and_imports_it_only_when_used() -> None:
         "UnprocessableContent",
         "FieldError",
         "ServiceUnavailable",
+        "Service",
+        "database",
     }
     assert all(getattr(svc, name) is not None for name in svc.__all__)
     with pytest.raises(AttributeError):

@@ -6,6 +6,6 @@ from pathlib import Path
 
 from examples.notes.models import Base
 from examples.notes.routes import ROUTES
-from svc.service import Service
+from svc import Service
 
 service = Service(routes=ROUTES, migrations=Path(__file__).parent / "migrations", metadata=Base.metadata)
