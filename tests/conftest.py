@@ -22,32 +22,29 @@ import pytest
 from svc.app import App, create_app, started
 from svc.embedded import EmbeddedPostgres
 from svc.settings import Environment, Settings, normalise_database_url
+from svc.testing import Databases, settings_for_tests
 from tests.support import (
     ROOT,
     SERVICE_VARIABLES,
     UvicornProcess,
     asyncpg_dsn,
-    database_for_tests,
     free_port,
-    migrate_to_head,
     scrubbed_environ,
 )
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """The asyncpg URL of the test database: TEST_DATABASE_URL, or an embedded PostgreSQL 18."""
-    with database_for_tests() as url:
-        yield url
+def database_url(svc_databases: Databases) -> str:
+    """The asyncpg URL of the test database, from svc's own test kit: TEST_DATABASE_URL, or an embedded PostgreSQL 18."""
+    return svc_databases.url
 
 
 @pytest.fixture
 def make_settings(database_url: str) -> Callable[..., Settings]:
-    """Settings for tests: the test database, APP_ENV=test, overridable per field."""
+    """Settings for tests (the kit's `settings_for_tests`): the test database, APP_ENV=test, overridable per field."""
 
     def make(**overrides: Any) -> Settings:
-        base = Settings(app_env=Environment.TEST, database_url=database_url, log_format="json")
-        return dataclasses.replace(base, **overrides)
+        return dataclasses.replace(settings_for_tests(database_url), **overrides)
 
     return make
 
@@ -122,9 +119,9 @@ def wait_for_workers(server: UvicornProcess, count: int, timeout: float = 30.0) 
 
 
 @pytest.fixture(scope="session")
-def migrated_database_url(database_url: str) -> str:
-    """The test database, upgraded to the migration scripts' head once per session."""
-    return migrate_to_head(database_url)
+def migrated_database_url(svc_databases: Databases) -> str:
+    """The test database, upgraded to the migration scripts' head once per session (by the test kit)."""
+    return svc_databases.url_for(None)
 
 
 @pytest.fixture(autouse=True)
