@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class Scenario:
     target: str = ""
 
 
+#: The example service (examples/notes) on a database of its own, with one note to read.
+NOTES_SERVICE = "examples.notes.service:service"
+NOTE_ID = "01900000-0000-7000-8000-000000000001"
 BASELINE = "baseline /health (raw ASGI)"
 BASELINE_LIVE = "baseline /health/live (raw ASGI)"
 BARE = "baseline /health, 3 headers only (raw ASGI)"
@@ -84,6 +88,7 @@ SCENARIOS = [
     Scenario("svc /health/live, METRICS off", "svc-no-metrics", "/health/live", BASELINE_LIVE, "≥ 0.70, p99 ≤ 1.5x"),
     Scenario("svc /health/ready", "svc", "/health/ready", BASELINE_LIVE),
     Scenario("svc user route /hello (msgspec JSON)", "svc-user", "/hello", "svc /health/live", "≥ 0.90 x /health/live"),
+    Scenario("examples.notes GET /notes/{id} (fast path)", "svc-notes", f"/notes/{NOTE_ID}", "svc /health/live"),
     # The connection limits' cost on the normal path (issue 18): uvicorn --http svc.protocol:HttpProtocol.
     Scenario("svc /health/live, svc.protocol", "svc-protocol", "/health/live", "svc /health/live", "≥ 0.97"),
     Scenario("svc /health, ACCESS_LOG on", "svc-access-log", "/health", BASELINE, "≥ 0.55"),
@@ -157,6 +162,30 @@ def import_times(env: dict[str, str], cwd: Path, cpu: int | None, runs: int) -> 
         "heavy": samples[-1]["heavy"],
         "heavy_after_build": samples[-1]["heavy_after_build"],
     }
+
+
+def notes_database(database_url: str) -> str:
+    """The example service's database (beside `database_url`, migrated as svc's test kit does), holding `NOTE_ID`."""
+    import asyncio
+
+    import asyncpg
+
+    from svc.testing import Databases
+
+    url = Databases(database_url).url_for(NOTES_SERVICE)
+
+    async def insert() -> None:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(
+                "INSERT INTO notes (id, title, body) VALUES ($1, 'Benchmark', 'One note to read.') ON CONFLICT DO NOTHING",
+                uuid.UUID(NOTE_ID),
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(insert())
+    return url
 
 
 def cold_start(make: Any, starts: int, idle: float) -> dict[str, float]:
@@ -259,8 +288,11 @@ def measure_startup(run: Run, database_url: str, work: Path) -> None:
     }
     log("== cold starts")
     cpu, starts = run.server_cpu, run.args.starts
+    notes_env = production_env(notes_database(database_url), SERVICE=NOTES_SERVICE)
     run.starts = {
         "svc": cold_start(lambda: svc_server("cold-svc", production_env(database_url), work, cpu), starts, 1.0),
+        # A service whose route modules import SQLAlchemy models at the top: imported in the background.
+        "svc + examples.notes": cold_start(lambda: svc_server("cold-notes", notes_env, work, cpu), starts, 1.0),
         "baseline": cold_start(lambda: baseline_server("cold-baseline", database_url, work, cpu), starts, 1.0),
     }
 
@@ -295,6 +327,9 @@ def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
         "svc-endpoints": svc_server("svc-endpoints", production_env(database_url), work, cpu, "svc_endpoints:app"),
         "starlette": svc_server("starlette", {}, work, cpu, "plain_starlette:app"),
         "svc-user": svc_server("svc-user", production_env(database_url), work, cpu, "user_route:app"),
+        "svc-notes": svc_server(
+            "svc-notes", production_env(notes_database(database_url), SERVICE=NOTES_SERVICE), work, cpu
+        ),
     }
     needed = [name for name in servers if any(s.server == name for s in run.scenarios)]
     run.results = {s.name: [] for s in run.scenarios}
@@ -418,6 +453,11 @@ def render_startup(run: Run) -> list[str]:
         f"| process start to /health/ready 200 | {svc['ready_s'] * 1000:.0f} ms | {base['ready_s'] * 1000:.0f} ms | ≤ 1 s |",
         f"| idle RSS (1 s after ready) | {svc['rss_kib'] / 1024:.1f} MB | {base['rss_kib'] / 1024:.1f} MB | ≤ 60 MB |",
     ]
+    if (notes := run.starts.get("svc + examples.notes")) is not None:
+        lines += [
+            f"| with SERVICE=examples.notes: start to /health/live, /health/ready; idle RSS | "
+            f"{notes['live_s'] * 1000:.0f} ms, {notes['ready_s'] * 1000:.0f} ms; {notes['rss_kib'] / 1024:.1f} MB | | |"
+        ]
     for name, (before, after) in run.rss.items():
         served = sum(r["requests"] for s in run.scenarios if s.server == name for r in run.results[s.name])
         lines.append(
