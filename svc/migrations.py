@@ -47,8 +47,8 @@ __all__ = [
     "lock_timeout_off",
     "prepare_session",
     "read_scripts",
-    "run_bounded",
     "run_blocking",
+    "run_bounded",
     "timeout_statements",
     "upgrade",
     "upgrade_async",
@@ -299,9 +299,9 @@ async def run_bounded(conn: AsyncConnection, settings: Settings, run: Callable[[
                     raise
                 await conn.rollback()
                 revision = _failed_revision(exc)
+                lock = seen[0].describe() if seen else "a lock (the session holding it was not seen in time)"
                 message = (
-                    f"migration {revision or '(revision unknown)'} waited more than {_duration(timeout)} for "
-                    + (seen[0].describe() if seen else "a lock (the session holding it was not seen in time)")
+                    f"migration {revision or '(revision unknown)'} waited more than {_duration(timeout)} for {lock}"
                 )
                 if attempt == attempts:
                     tries = f" (tried {attempts} times)" if attempts > 1 else ""

@@ -1,7 +1,7 @@
 """Fill notes.updated_at for existing rows, in batches (pattern: a backfill in batches; expand/contract 2 of 4).
 
 One `UPDATE` of the whole table would lock every row it changes until it ends, and write it all
-in one transaction. Here each batch of `BATCH` rows is its own transaction (an autocommit block):
+in one transaction. Here each batch of 1,000 rows is its own transaction (an autocommit block):
 row locks last one batch, and a run stopped halfway (a lock timeout, a deploy) resumes where it
 was, since only rows still NULL are picked.
 
@@ -22,10 +22,9 @@ down_revision: str | Sequence[str] | None = "0006_notes_updated_at"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-BATCH = 1_000
+# A batch: 1,000 rows still NULL.
 FILL_A_BATCH = sa.text(
-    "UPDATE notes SET updated_at = created_at"
-    f" WHERE id IN (SELECT id FROM notes WHERE updated_at IS NULL LIMIT {BATCH})"
+    "UPDATE notes SET updated_at = created_at WHERE id IN (SELECT id FROM notes WHERE updated_at IS NULL LIMIT 1000)"
 )
 
 
