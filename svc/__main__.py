@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(run=check_config)
     upgrade = commands.add_parser(
         "migrate",
-        help="apply pending database migrations (alembic upgrade head)",
+        help="apply pending migrations (alembic upgrade head)",
         description=inspect.cleandoc(migrate.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

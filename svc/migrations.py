@@ -228,22 +228,22 @@ async def _watch_lock_waits(conn: AsyncConnection, pid: int, every: float) -> As
     from sqlalchemy import text
 
     seen: list[Blocked] = []
+    async with conn.engine.connect() as watcher:  # connected before the migration can wait
+        await watcher.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def watch() -> None:
-        async with conn.engine.connect() as watcher:
-            await watcher.execution_options(isolation_level="AUTOCOMMIT")
+        async def watch() -> None:
             while True:
                 row = (await watcher.execute(text(_BLOCKED_QUERY), {"pid": pid})).first()
                 if row is not None:
                     seen[:] = [Blocked(*row)]
                 await asyncio.sleep(every)
 
-    task = asyncio.create_task(watch())
-    try:
-        yield seen
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        task = asyncio.create_task(watch())
+        try:
+            yield seen
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class LockTimeout(Exception):
@@ -290,8 +290,10 @@ async def run_bounded(conn: AsyncConnection, settings: Settings, run: Callable[[
     await conn.commit()
     timeout = settings.migration_lock_timeout
     attempts = settings.migration_lock_retries + 1
-    for attempt in range(1, attempts + 1):
-        async with _watch_lock_waits(conn, pid, every=min(max(timeout / 4, 0.01), 0.5)) as seen:
+    # One watcher for every attempt: its connection is open before the first wait, and the last sighting stays
+    # known when a later wait ends before the watcher looked.
+    async with _watch_lock_waits(conn, pid, every=min(max(timeout / 4, 0.01), 0.5)) as seen:
+        for attempt in range(1, attempts + 1):
             try:
                 return await conn.run_sync(run)
             except Exception as exc:
@@ -306,12 +308,12 @@ async def run_bounded(conn: AsyncConnection, settings: Settings, run: Callable[[
                 if attempt == attempts:
                     tries = f" (tried {attempts} times)" if attempts > 1 else ""
                     raise LockTimeout(f"{message}{tries}.") from exc
-        delay = min(0.5 * 2 ** (attempt - 1), RETRY_DELAY_MAX)
-        logger.warning(
-            "Migration lock timeout, trying again",
-            extra={"detail": message, "attempt": attempt, "attempts": attempts, "retry_in_s": delay},
-        )
-        await asyncio.sleep(delay)
+            delay = min(0.5 * 2 ** (attempt - 1), RETRY_DELAY_MAX)
+            logger.warning(
+                "Migration lock timeout, trying again",
+                extra={"detail": message, "attempt": attempt, "attempts": attempts, "retry_in_s": delay},
+            )
+            await asyncio.sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
