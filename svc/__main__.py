@@ -7,6 +7,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from svc.settings import load_settings_or_exit
@@ -53,6 +54,31 @@ def migrate(args: argparse.Namespace) -> int:
         print(f"svc: database schema already at head ({after})", file=sys.stderr)
     else:
         print(f"svc: database schema upgraded from {describe_revisions(result.before)} to {after}", file=sys.stderr)
+    return 0
+
+
+def lint_migrations(args: argparse.Namespace) -> int:
+    """Check every migration's SQL with squawk before it lands.
+
+    Each revision from base to head (svc's and the SERVICE's) is rendered on its own by Alembic's
+    offline mode for PostgreSQL (no database is needed) and checked with the rules of .squawk.toml.
+    A statement may opt out of one rule with svc.lint.squawk_ignore(rule, why=...) in its revision.
+    Exits 0 when every revision passes, 1 naming each revision, rule and statement otherwise.
+    """
+    settings = load_settings_or_exit()
+    from svc.lint import LintError, lint
+
+    try:
+        checked, findings = lint(settings, version_locations=args.version_location)
+    except LintError as exc:
+        print(f"svc: lint-migrations failed: {exc}", file=sys.stderr)
+        return 1
+    for finding in findings:
+        print(finding.render(), file=sys.stderr)
+    if findings:
+        print(f"svc: {len(findings)} problem(s) in {checked} revision(s)", file=sys.stderr)
+        return 1
+    print(f"svc: {checked} revision(s) pass squawk", file=sys.stderr)
     return 0
 
 
@@ -166,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(run=check_config)
     upgrade = commands.add_parser(
         "migrate",
-        help="apply pending database migrations (alembic upgrade head)",
+        help="apply pending migrations (alembic upgrade head)",
         description=inspect.cleandoc(migrate.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -176,6 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         help="do nothing unless APP_ENV is development (scripts/run uses it: deployed services never migrate on start)",
     )
     upgrade.set_defaults(run=migrate)
+    linter = commands.add_parser(
+        "lint-migrations",
+        help="check every migration's SQL with squawk (.squawk.toml)",
+        description=inspect.cleandoc(lint_migrations.__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    linter.add_argument(
+        "--version-location",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="also a directory of revision scripts (repeatable), e.g. drafts not yet in a service",
+    )
+    linter.set_defaults(run=lint_migrations)
     server = commands.add_parser(
         "serve",
         help="serve the app with uvicorn, configured for production",

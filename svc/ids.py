@@ -48,7 +48,11 @@ def uuid7() -> uuid.UUID:
 def uuid_server_default(bind: Any) -> TextClause:
     """`server_default` for a UUID primary key: `uuidv7()` on PostgreSQL 18+, else `gen_random_uuid()`.
 
-    `bind` is a (sync) SQLAlchemy connection, such as `op.get_bind()` in a migration.
+    `bind` is a (sync) SQLAlchemy connection, such as `op.get_bind()` in a migration. In Alembic's
+    offline mode (`--sql`, `python -m svc lint-migrations`) there is none (`op.get_bind()` is None)
+    and no server to ask: the SQL then uses `gen_random_uuid()`, which every supported PostgreSQL has.
     """
+    if bind is None:
+        return text("gen_random_uuid()")
     version = bind.dialect.server_version_info or (0,)
     return text("uuidv7()" if version[0] >= 18 else "gen_random_uuid()")

@@ -13,9 +13,12 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from contextlib import asynccontextmanager
+import re
+import traceback
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,23 +37,33 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALEMBIC_INI",
+    "LockTimeout",
     "Upgrade",
     "alembic_config",
     "configure_cli_logging",
     "connect",
     "describe_error",
     "lock",
+    "lock_timeout_off",
+    "prepare_session",
     "read_scripts",
     "run_blocking",
+    "run_bounded",
+    "timeout_statements",
     "upgrade",
     "upgrade_async",
 ]
 
 ALEMBIC_INI = SCRIPT_LOCATION.parent / "alembic.ini"
-# Key of the transaction-level advisory lock that serialises migrators (replicas, CLI, code).
+# Key of the session-level advisory lock that serialises migrators (replicas, CLI, code).
 LOCK_KEY = int.from_bytes(b"svc:migr")
+# SQLSTATE lock_not_available: what PostgreSQL reports when lock_timeout expires.
+LOCK_NOT_AVAILABLE = "55P03"
+# Waits between attempts after a lock timeout: 0.5 s, doubling, at most this.
+RETRY_DELAY_MAX = 8.0
 
 T = TypeVar("T")
+logger = logging.getLogger("svc.migrations")
 
 
 def configure_cli_logging(settings: Settings) -> None:
@@ -116,10 +129,192 @@ def _revisions(connection: Connection) -> tuple[str, ...]:
 
 
 def lock(connection: Connection) -> None:
-    """Wait for other migrators (replicas, `alembic`, `python -m svc migrate`); held until the transaction ends."""
+    """Wait for other migrators (replicas, `alembic`, `python -m svc migrate`), however long they take.
+
+    A session-level lock, held until the connection closes: revisions commit one by one, and an
+    index built `CONCURRENTLY` commits in the middle of one, while the run stays serialised.
+    """
     from sqlalchemy import text
 
-    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"'{round(seconds * 1000)}ms'"
+
+
+def timeout_statements(settings: Settings) -> tuple[str, str]:
+    """The `SET`s that bound a migration's session: MIGRATION_LOCK_TIMEOUT and MIGRATION_STATEMENT_TIMEOUT.
+
+    Session-level, not `SET LOCAL`: they outlive each revision's transaction and autocommit blocks.
+    statement_timeout is set even when 0, so a role's or database's own setting cannot cut a long
+    index build short.
+    """
+    return (
+        f"SET lock_timeout = {_milliseconds(settings.migration_lock_timeout)}",
+        f"SET statement_timeout = {_milliseconds(settings.migration_statement_timeout)}",
+    )
+
+
+@contextmanager
+def lock_timeout_off() -> Iterator[None]:
+    """In a revision: statements inside wait for their locks as long as they must; the lock timeout applies after.
+
+    For statements whose wait blocks nobody and which a timeout would leave half done: `CREATE
+    INDEX CONCURRENTLY` waits for every older transaction (SHARE UPDATE EXCLUSIVE, which reads and
+    writes do not queue behind) and, cancelled, leaves an INVALID index behind. Use it inside
+    `op.get_context().autocommit_block()`, where a `SET` is not undone by a transaction's end.
+    """
+    from alembic import op
+
+    op.execute("SET lock_timeout = 0")
+    yield
+    config = op.get_context().config
+    settings = config.attributes.get("settings") if config is not None else None
+    if settings is None:  # alembic's own command line before env.py has read the settings: cannot happen
+        raise RuntimeError("lock_timeout_off() runs only in svc's migrations (env.py)")
+    op.execute(timeout_statements(settings)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """What a waiting migration was seen waiting for, and the session it waited behind."""
+
+    locktype: str
+    mode: str
+    relation: str | None
+    pid: int
+    state: str | None
+    seconds: float | None
+
+    def describe(self) -> str:
+        """E.g. "an ACCESS EXCLUSIVE lock on notes, held by another session (pid 123, idle in transaction for 40 s)"."""
+        mode = " ".join(re.findall(r"[A-Z][a-z]+", self.mode.removesuffix("Lock"))).upper()
+        if self.relation is not None:
+            what = f"an {mode} lock on {self.relation}" if mode[0] in "AEIOU" else f"a {mode} lock on {self.relation}"
+        elif self.locktype == "transactionid":
+            what = "a row lock (rows another transaction has changed or locked)"
+        else:
+            what = f"a {self.locktype} lock ({mode})"
+        state = self.state or "state unknown"
+        since = f" for {_duration(self.seconds)}" if self.seconds is not None else ""
+        return f"{what}, held by another session (pid {self.pid}, {state}{since})"
+
+
+def _duration(seconds: float) -> str:
+    return f"{round(seconds * 1000)} ms" if seconds < 1 else f"{seconds:.0f} s"
+
+
+# The session a waiting backend waits behind, the oldest transaction first (most often the cause).
+_BLOCKED_QUERY = """
+SELECT w.locktype, w.mode, w.relation::regclass::text AS relation, b.pid, b.state,
+       extract(epoch FROM now() - b.state_change)::float8 AS seconds
+FROM pg_locks w
+CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS blocker(pid)
+JOIN pg_stat_activity b ON b.pid = blocker.pid
+WHERE w.pid = :pid AND NOT w.granted
+ORDER BY b.xact_start NULLS LAST
+LIMIT 1
+"""
+
+
+@asynccontextmanager
+async def _watch_lock_waits(conn: AsyncConnection, pid: int, every: float) -> AsyncIterator[list[Blocked]]:
+    """While inside, look every `every` seconds at what backend `pid` waits for; yields the sightings so far.
+
+    Once lock_timeout fires the wait is gone, so what blocked it must be seen while it lasts; on
+    a connection of its own, in autocommit (the watcher holds no snapshot and no lock).
+    """
+    from sqlalchemy import text
+
+    seen: list[Blocked] = []
+    async with conn.engine.connect() as watcher:  # connected before the migration can wait
+        await watcher.execution_options(isolation_level="AUTOCOMMIT")
+
+        async def watch() -> None:
+            while True:
+                row = (await watcher.execute(text(_BLOCKED_QUERY), {"pid": pid})).first()
+                if row is not None:
+                    seen[:] = [Blocked(*row)]
+                await asyncio.sleep(every)
+
+        task = asyncio.create_task(watch())
+        try:
+            yield seen
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class LockTimeout(Exception):
+    """A migration waited longer than MIGRATION_LOCK_TIMEOUT for a lock, on every attempt; the text says which lock."""
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
+    cause = driver_error(exc)
+    return isinstance(cause, asyncpg.PostgresError) and cause.sqlstate == LOCK_NOT_AVAILABLE
+
+
+def _failed_revision(exc: BaseException) -> str | None:
+    """The revision whose `upgrade()`/`downgrade()` raised `exc`: its module is on the traceback, `revision` in it."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        names = frame.f_globals
+        if frame.f_code.co_name in ("upgrade", "downgrade") and "down_revision" in names:
+            revision = names.get("revision")
+            return revision if isinstance(revision, str) else None
+    return None
+
+
+async def prepare_session(conn: AsyncConnection, settings: Settings) -> None:
+    """Make `conn` a migration's session: wait for the advisory lock, then set the timeouts (committed).
+
+    The advisory lock is taken first and without a time limit: a second migrator waits for the
+    first to finish (which blocks no query), and lock_timeout would otherwise cut that wait short.
+    """
+    await conn.run_sync(lock)
+    for statement in timeout_statements(settings):
+        await conn.exec_driver_sql(statement)
+    await conn.commit()
+
+
+async def run_bounded(conn: AsyncConnection, settings: Settings, run: Callable[[Connection], T]) -> T:
+    """`run(connection)` (alembic running revisions) on a `prepare_session` connection; lock timeouts retried.
+
+    When a statement waits longer than MIGRATION_LOCK_TIMEOUT for a lock (SQLSTATE 55P03), the
+    revision it belongs to is rolled back (each revision is a transaction of its own: those before
+    it stay applied) and `run` starts again after 0.5 s, 1 s, 2 s... (at most 8 s), up to
+    MIGRATION_LOCK_RETRIES more times; then `LockTimeout` names the revision, the lock and the
+    session holding it. Every other error is raised as it is.
+    """
+    pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+    await conn.commit()
+    timeout = settings.migration_lock_timeout
+    attempts = settings.migration_lock_retries + 1
+    # One watcher for every attempt: its connection is open before the first wait, and the last sighting stays
+    # known when a later wait ends before the watcher looked.
+    async with _watch_lock_waits(conn, pid, every=min(max(timeout / 4, 0.01), 0.5)) as seen:
+        for attempt in range(1, attempts + 1):
+            try:
+                return await conn.run_sync(run)
+            except Exception as exc:
+                if not _is_lock_timeout(exc):
+                    raise
+                await conn.rollback()
+                revision = _failed_revision(exc)
+                lock = seen[0].describe() if seen else "a lock (the session holding it was not seen in time)"
+                message = (
+                    f"migration {revision or '(revision unknown)'} waited more than {_duration(timeout)} for {lock}"
+                )
+                if attempt == attempts:
+                    tries = f" (tried {attempts} times)" if attempts > 1 else ""
+                    raise LockTimeout(f"{message}{tries}.") from exc
+            delay = min(0.5 * 2 ** (attempt - 1), RETRY_DELAY_MAX)
+            logger.warning(
+                "Migration lock timeout, trying again",
+                extra={"detail": message, "attempt": attempt, "attempts": attempts, "retry_in_s": delay},
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @asynccontextmanager
@@ -153,7 +348,7 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     from alembic.util import CommandError
 
     exc = driver_error(exc)
-    if isinstance(exc, CommandError):
+    if isinstance(exc, (CommandError, LockTimeout)):
         return str(exc)
     if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _CONNECTING_ERRORS):
         return f"PostgreSQL reported an error (SQLSTATE {exc.sqlstate}): {exc.message}"
@@ -184,30 +379,34 @@ class Upgrade:
     after: tuple[str, ...]
 
 
-def _upgrade_on(connection: Connection, cfg: Config, revision: str) -> Upgrade:
+def _run_command(connection: Connection, cfg: Config, revision: str, settings: Settings) -> None:
+    """`alembic upgrade revision` with env.py running on `connection` (alembic's connection-sharing recipe)."""
     from alembic import command
 
-    lock(connection)
-    before = _revisions(connection)
-    cfg.attributes["connection"] = connection
+    saved = cfg.attributes.get("settings")
+    cfg.attributes.update(connection=connection, settings=saved or settings)
     try:
         command.upgrade(cfg, revision)
     finally:
         del cfg.attributes["connection"]
-    return Upgrade(before, _revisions(connection))
+        cfg.attributes["settings"] = saved
 
 
 async def upgrade_async(settings: Settings, revision: str = "head", *, cfg: Config | None = None) -> Upgrade:
     """Upgrade the settings' database to `revision`, from code running in an event loop.
 
-    Alembic's connection-sharing recipe: env.py runs on the connection it is given, in one
-    transaction committed here, so no nested `asyncio.run()` is needed.
+    Bounded as `run_bounded` says. Raises `LockTimeout` when locks stayed out of reach, else what
+    failed (`describe_error` puts either in words).
     """
     cfg = cfg or alembic_config(settings)
     async with connect(settings) as conn:
-        result = await conn.run_sync(_upgrade_on, cfg, revision)
+        await prepare_session(conn, settings)
+        before = await conn.run_sync(_revisions)
         await conn.commit()
-    return result
+        await run_bounded(conn, settings, partial(_run_command, cfg=cfg, revision=revision, settings=settings))
+        after = await conn.run_sync(_revisions)
+        await conn.commit()
+    return Upgrade(before, after)
 
 
 def upgrade(settings: Settings, revision: str = "head", *, cfg: Config | None = None) -> Upgrade:

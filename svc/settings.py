@@ -136,6 +136,12 @@ class Settings:
     http_max_pipelined: int = 16
     http_max_connections: int = 1_000
 
+    # Migrations (svc.migrations): how long one may wait for a lock (every query that needs the table queues
+    # behind the wait) and run a statement (0: no limit), and how often a lock timeout is tried again.
+    migration_lock_timeout: float = 0.1
+    migration_statement_timeout: float = 0.0
+    migration_lock_retries: int = 5
+
     def __post_init__(self) -> None:
         # Options given as plain strings (dataclasses.replace in tests, code building Settings) become their enums.
         object.__setattr__(self, "app_env", Environment(self.app_env))
@@ -324,6 +330,15 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         ),
         "http_max_connections": env.int(
             "HTTP_MAX_CONNECTIONS", default=d.http_max_connections, validate=ma.validate.Range(1, 1_000_000)
+        ),
+        "migration_lock_timeout": env.float(
+            "MIGRATION_LOCK_TIMEOUT", default=d.migration_lock_timeout, validate=ma.validate.Range(0.001, 3_600)
+        ),
+        "migration_statement_timeout": env.float(
+            "MIGRATION_STATEMENT_TIMEOUT", default=d.migration_statement_timeout, validate=ma.validate.Range(0, 86_400)
+        ),
+        "migration_lock_retries": env.int(
+            "MIGRATION_LOCK_RETRIES", default=d.migration_lock_retries, validate=ma.validate.Range(0, 100)
         ),
     }
     try:

@@ -376,7 +376,7 @@ def test_pre_commit_hooks_are_local_and_use_the_projects_environment() -> None:
     config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
     hooks = [hook for repo in config["repos"] for hook in repo["hooks"]]
     assert [repo["repo"] for repo in config["repos"]] == ["local"]
-    assert {hook["id"] for hook in hooks} == {"ruff-check", "ruff-format", "mypy"}
+    assert {hook["id"] for hook in hooks} == {"ruff-check", "ruff-format", "mypy", "lint-migrations"}
     assert all(hook["language"] == "system" and "scripts/uv.sh" in hook["entry"] for hook in hooks)
     assert "uv run pre-commit install" in README.read_text()
 

@@ -1,0 +1,332 @@
+"""Safe migrations: squawk lints every revision's SQL; a migration behind a lock fails fast, naming it, and the
+service's reads stay fast meanwhile; the example's revisions show the patterns, on a real PostgreSQL.
+
+Revisions under test are written to a temporary directory added as a version location; every test that
+migrates does so in a database of its own (`scratch_database`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from alembic import command
+from alembic.util import CommandError
+
+from examples.notes.models import Base as NotesBase
+from svc.lint import Finding, lint, render_revisions, squawk_ignore
+from svc.migrations import LOCK_KEY, LockTimeout, alembic_config, describe_error, upgrade, upgrade_async
+from svc.settings import Settings
+from tests.conftest import ROOT, asyncpg_dsn, scrubbed_environ
+
+EXAMPLE = ROOT / "examples" / "notes" / "migrations"
+EXAMPLE_HEAD = "0009_notes_updated_at_not_null"
+SAFE = Settings()  # lint needs no database: the default settings
+
+
+def write_revision(directory: Path, revision: str, down: str, body: str, imports: str = "") -> Path:
+    """A revision script `revision` after `down` whose `upgrade()` is `body`."""
+    path = directory / f"{revision}.py"
+    path.write_text(
+        f'"""Test revision.\n\nRevision ID: {revision}\nRevises: {down}\n"""\n\n'
+        "import sqlalchemy as sa\nfrom alembic import op\n"
+        f"{imports}\n\n"
+        f"revision = {revision!r}\ndown_revision = {down!r}\nbranch_labels = None\ndepends_on = None\n\n\n"
+        f"def upgrade() -> None:\n{textwrap.indent(textwrap.dedent(body).strip(), '    ')}\n\n\n"
+        "def downgrade() -> None:\n    pass\n"
+    )
+    return path
+
+
+# --- The linter ---------------------------------------------------------------------------------------------------
+
+
+def test_svc_and_the_example_revisions_pass_the_linter() -> None:
+    checked, findings = lint(SAFE, version_locations=[EXAMPLE])
+    assert findings == []
+    assert checked == 9
+
+
+def test_each_revision_is_rendered_alone_with_the_timeouts_first_and_a_portable_uuid_default_offline() -> None:
+    rendered = dict(render_revisions(alembic_config(SAFE, version_locations=[EXAMPLE])))
+    notes = rendered["0002_notes"]
+    assert notes.startswith("SET lock_timeout = '100ms';\n\nSET statement_timeout = '0ms';\n\nBEGIN;")
+    assert "CREATE TABLE notes" in notes
+    assert "CREATE TABLE notebooks" not in notes  # 0003's, rendered on its own
+    # No server to ask offline: the default every supported PostgreSQL has (online: uuidv7() on 18, tests/test_ids.py).
+    assert "id UUID DEFAULT gen_random_uuid() NOT NULL" in notes
+    index = rendered["0005_notes_notebook_index"]
+    assert "COMMIT;\n\nSET lock_timeout = 0;" in index  # outside the transaction, without a lock timeout
+    assert "CREATE INDEX CONCURRENTLY ix_notes_notebook_id ON notes (notebook_id);" in index
+
+
+UNSAFE = {
+    "index-without-concurrently": (
+        'op.create_index("ix_notes_title", "notes", ["title"])',
+        "require-concurrent-index-creation",
+        "CREATE INDEX ix_notes_title ON notes (title);",
+    ),
+    "not-null-column-without-default": (
+        'op.add_column("notes", sa.Column("rank", sa.BigInteger(), nullable=False))',
+        "adding-required-field",
+        "ALTER TABLE notes ADD COLUMN rank BIGINT NOT NULL;",
+    ),
+    "opt-out-without-a-reason": (
+        'op.execute("-- squawk-ignore adding-required-field\\nALTER TABLE notes ADD COLUMN rank bigint NOT NULL")',
+        "squawk-ignore",
+        "ALTER TABLE notes ADD COLUMN rank bigint NOT NULL;",
+    ),
+    "opt-out-of-a-whole-file": (
+        'op.execute("-- squawk-ignore-file -- trust me\\nSELECT 1")',
+        "squawk-ignore",
+        "SELECT 1;",
+    ),
+}
+
+
+@pytest.mark.parametrize(("body", "rule", "statement"), UNSAFE.values(), ids=UNSAFE.keys())
+def test_the_linter_fails_an_unsafe_revision_naming_the_revision_the_rule_and_the_statement(
+    tmp_path: Path, body: str, rule: str, statement: str
+) -> None:
+    write_revision(tmp_path, "t900_unsafe", EXAMPLE_HEAD, body)
+    checked, findings = lint(SAFE, version_locations=[EXAMPLE, tmp_path])
+    assert checked == 10
+    assert [(f.revision, f.rule, f.statement) for f in findings] == [("t900_unsafe", rule, statement)]
+
+
+def test_a_statement_opts_out_of_one_rule_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="needs a reason"):
+        squawk_ignore("adding-required-field", why="  ")
+    with pytest.raises(ValueError, match="not a squawk rule name"):
+        squawk_ignore("adding-required-field, ban-drop-column", why="two at once")
+
+
+def test_an_opt_out_with_a_reason_lets_that_statement_through(tmp_path: Path) -> None:
+    write_revision(
+        tmp_path,
+        "t901_opted_out",
+        EXAMPLE_HEAD,
+        """
+        squawk_ignore("adding-required-field", why="the application fills rank before this ships")
+        op.add_column("notes", sa.Column("rank", sa.BigInteger(), nullable=False))
+        """,
+        imports="from svc.lint import squawk_ignore",
+    )
+    assert lint(SAFE, version_locations=[EXAMPLE, tmp_path]) == (10, [])
+
+
+def lint_command(*args: str) -> subprocess.CompletedProcess[str]:
+    env = scrubbed_environ()
+    env.update(PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "svc", "lint-migrations", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_python_m_svc_lint_migrations_exits_0_on_safe_revisions_and_1_naming_each_problem(tmp_path: Path) -> None:
+    safe = lint_command("--version-location", str(EXAMPLE))
+    assert safe.returncode == 0, safe.stderr
+    assert "svc: 9 revision(s) pass squawk" in safe.stderr
+    body, rule, statement = UNSAFE["index-without-concurrently"]
+    write_revision(tmp_path, "t900_unsafe", EXAMPLE_HEAD, body)
+    unsafe = lint_command("--version-location", str(EXAMPLE), "--version-location", str(tmp_path))
+    assert unsafe.returncode == 1
+    assert f"t900_unsafe: {rule}: " in unsafe.stderr
+    assert f"\n    {statement}\n" in unsafe.stderr
+    assert "svc: 1 problem(s) in 10 revision(s)" in unsafe.stderr
+    assert Finding("r", "x", "m", "s").render() == "r: x: m\n    s"
+
+
+# --- The example's revisions on a real PostgreSQL ----------------------------------------------------------------
+
+
+@pytest.fixture
+def scratch_settings(scratch_database: str, make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(database_url=scratch_database)
+
+
+async def test_the_example_revisions_apply_backfill_agree_with_the_models_and_round_trip(
+    scratch_settings: Settings, scratch_database: str
+) -> None:
+    cfg = alembic_config(scratch_settings, version_locations=[EXAMPLE])
+    cfg.attributes["metadata"] = NotesBase.metadata  # what SERVICE=examples.notes.service:service sets
+    await upgrade_async(scratch_settings, "0005_notes_notebook_index", cfg=cfg)
+    conn = await asyncpg.connect(asyncpg_dsn(scratch_database))
+    try:
+        await conn.execute("INSERT INTO notes (title, body) SELECT 'n' || i, '' FROM generate_series(1, 2500) AS i")
+        result = await upgrade_async(scratch_settings, cfg=cfg)
+        assert result.after == (EXAMPLE_HEAD,)
+        assert await conn.fetchval("SELECT count(*) FROM notes WHERE updated_at IS DISTINCT FROM created_at") == 0
+        invalid = await conn.fetchval(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'notes'::regclass AND NOT convalidated"
+        )
+        assert invalid == 0
+        assert await conn.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_notes_notebook_id'::regclass"
+        )
+        assert await conn.fetchval(
+            "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'notes'::regclass AND attname = 'updated_at'"
+        )
+        await asyncio.to_thread(command.check, cfg)
+        await asyncio.to_thread(command.downgrade, cfg, "base")
+        tables = {row[0] for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert tables == {"alembic_version"}
+    finally:
+        await conn.close()
+
+
+# --- Bounded when they run ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def hot_table(scratch_settings: Settings, scratch_database: str, tmp_path: Path) -> Path:
+    """A scratch database at svc's head with a filled table `hot`, and a revision needing ACCESS EXCLUSIVE on it."""
+    await upgrade_async(scratch_settings)
+    conn = await asyncpg.connect(asyncpg_dsn(scratch_database))
+    try:
+        await conn.execute("CREATE TABLE hot (id bigint PRIMARY KEY)")
+        await conn.execute("INSERT INTO hot SELECT generate_series(1, 100)")
+    finally:
+        await conn.close()
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    write_revision(
+        versions, "t100_hot_column", "0001_foundation", 'op.add_column("hot", sa.Column("extra", sa.Text()))'
+    )
+    return versions
+
+
+async def hold_lock(url: str, sql: str) -> asyncpg.Connection:
+    """A session that ran `sql` in a transaction it leaves open (idle in transaction), keeping its locks."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    await conn.execute("BEGIN")
+    await conn.execute(sql)
+    return conn
+
+
+async def read_while(server_url: str, busy: asyncio.Future[object], readers: int = 4) -> list[float]:
+    """Latencies (s) of `GET /hot` from `readers` concurrent clients, each reading in a loop until `busy` is done."""
+
+    async def reader(client: httpx.AsyncClient, latencies: list[float]) -> None:
+        while not busy.done():
+            start = time.perf_counter()
+            response = await client.get("/hot")
+            latencies.append(time.perf_counter() - start)
+            assert response.status_code == 200, response.text
+
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=server_url, timeout=30) as client:
+        await asyncio.gather(*(reader(client, latencies) for _ in range(readers)))
+    return latencies
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98]
+
+
+def migrate_with_alembic(settings: Settings, versions: Path) -> None:
+    """`alembic upgrade head` as the command line runs it: env.py opens, bounds and retries its own session."""
+    command.upgrade(alembic_config(settings, version_locations=[versions]), "head")
+
+
+def migrate_with_svc(settings: Settings, versions: Path) -> None:
+    """`python -m svc migrate`'s path: `svc.migrations.upgrade`."""
+    upgrade(settings, cfg=alembic_config(settings, version_locations=[versions]))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("migrate", [migrate_with_svc, migrate_with_alembic], ids=["svc", "alembic"])
+async def test_a_migration_behind_a_conflicting_lock_fails_within_lock_timeout_naming_it_while_reads_stay_fast(
+    scratch_settings: Settings,
+    scratch_database: str,
+    hot_table: Path,
+    uvicorn: Callable[..., object],
+    migrate: Callable[[Settings, Path], None],
+) -> None:
+    server = uvicorn("--factory", app="tests.safe_migrations_app:create_reader_app", DATABASE_URL=scratch_database)
+    base_url = server.base_url  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(base_url=base_url) as client:  # the engine is made in the background at start-up
+        deadline = time.monotonic() + 10
+        while (await client.get("/hot")).status_code != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    blocker = await hold_lock(scratch_database, "SELECT count(*) FROM hot")  # ACCESS SHARE, then idle
+    blocker_pid = blocker.get_server_pid()
+    settings = dataclasses.replace(scratch_settings, migration_lock_retries=2)  # default lock timeout: 100 ms
+    try:
+        start = time.perf_counter()
+        migration = asyncio.ensure_future(asyncio.to_thread(migrate, settings, hot_table))
+        latencies = await read_while(base_url, migration)
+        elapsed = time.perf_counter() - start
+        with pytest.raises((LockTimeout, CommandError)) as failed:
+            await migration
+    finally:
+        await blocker.close()
+    message = describe_error(failed.value, 5.0)
+    assert message.startswith(
+        "migration t100_hot_column waited more than 100 ms for an ACCESS EXCLUSIVE lock on hot, "
+        f"held by another session (pid {blocker_pid}, idle in transaction for "
+    ), message
+    assert message.endswith(" s) (tried 3 times).") or message.endswith(" ms) (tried 3 times)."), message
+    # Three waits of 0.1 s and the 0.5 s and 1 s pauses between them, plus connecting and loading the scripts.
+    assert 1.8 <= elapsed < 6.0, elapsed
+    # Reads of the very table queue behind the migration's lock request, for at most lock_timeout at a time.
+    # Measured on a shared 2-core machine (PostgreSQL 15): p99 120-145 ms (the 100 ms waits plus the read itself),
+    # median 13-20 ms, over 340-470 reads.
+    assert len(latencies) > 100
+    assert p99(latencies) < 0.2, sorted(latencies)[-10:]
+    conn = await asyncpg.connect(asyncpg_dsn(scratch_database))
+    try:
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0001_foundation"
+    finally:
+        await conn.close()
+
+
+async def test_a_lock_timeout_is_retried_and_succeeds_once_the_lock_is_let_go(
+    scratch_settings: Settings, scratch_database: str, hot_table: Path
+) -> None:
+    blocker = await hold_lock(scratch_database, "SELECT count(*) FROM hot")
+
+    async def let_go() -> None:
+        await asyncio.sleep(0.6)  # past the first attempt and its 0.5 s pause
+        await blocker.close()
+
+    releasing = asyncio.create_task(let_go())
+    result = await upgrade_async(scratch_settings, cfg=alembic_config(scratch_settings, version_locations=[hot_table]))
+    await releasing
+    assert result.after == ("t100_hot_column",)
+
+
+async def test_a_second_migrator_waits_for_the_first_however_long_beyond_lock_timeout(
+    scratch_settings: Settings, scratch_database: str, hot_table: Path
+) -> None:
+    first = await asyncpg.connect(asyncpg_dsn(scratch_database))
+    await first.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)  # another migrator, running
+
+    async def finish_first() -> None:
+        await asyncio.sleep(1.0)  # ten lock timeouts
+        await first.close()
+
+    finishing = asyncio.create_task(finish_first())
+    settings = dataclasses.replace(scratch_settings, migration_lock_retries=0)
+    start = time.perf_counter()
+    result = await upgrade_async(settings, cfg=alembic_config(settings, version_locations=[hot_table]))
+    await finishing
+    assert time.perf_counter() - start >= 1.0
+    assert result.after == ("t100_hot_column",)
