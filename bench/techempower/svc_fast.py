@@ -2,16 +2,12 @@
 `SERVICE=bench.techempower.svc_fast:service python -m svc serve`.
 
 Built as svc's README teaches: `Route`s in a `Service`, msgspec Structs as JSON (`json_response`),
-`Encoded` for the HTML page, queries on the pool's asyncpg connection. Every response carries what
-svc's edge adds (request id, security headers, `Server-Timing`, metrics, the access line when on)
+`Encoded` for the HTML page, queries on the fast path (`database(request).connection()`: the pool's
+asyncpg connection). Every response carries what svc's edge adds (request id, security headers, `Server-Timing`, metrics, the access line when on)
 plus a `Server` header of its own: `python -m svc serve` turns uvicorn's off, and TechEmpower wants one.
 """
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -27,6 +23,7 @@ from bench.techempower.common import (
     random_number,
     render_fortunes,
 )
+from svc import database
 from svc.app import lazy_app
 from svc.http.responses import Encoded, json_response
 from svc.http.routing import Route
@@ -52,34 +49,26 @@ class Queries(msgspec.Struct):
     queries: str | None = None
 
 
-# stand-in until Database.connection() lands: then `request.app.runtime.database().connection()` replaces it.
-@asynccontextmanager
-async def connection(db: Any) -> AsyncIterator[Any]:
-    """The pool's raw asyncpg connection (autocommit: each statement its own transaction) for the block."""
-    async with db.engine.connect() as pooled:
-        yield (await pooled.get_raw_connection()).driver_connection
-
-
 async def json(request: Request) -> Encoded:
     return json_response(Message("Hello, World!"), headers=SERVER)
 
 
 async def db(request: Request) -> Encoded:
-    async with connection(request.app.runtime.database()) as conn:
+    async with database(request).connection() as conn:
         row = await conn.fetchrow(READ_WORLD, random_id())
     return json_response(World(row[0], row[1]), headers=SERVER)
 
 
 async def queries(request: Request) -> Encoded:
     ids = random_ids(query_count(request.query_params.get("queries")))
-    async with connection(request.app.runtime.database()) as conn:
+    async with database(request).connection() as conn:
         worlds = [World(id_, (await conn.fetchrow(READ_WORLD, id_))[1]) for id_ in ids]
     return json_response(worlds, headers=SERVER)
 
 
 async def updates(request: Request) -> Encoded:
     worlds = [World(id_, random_number()) for id_ in random_ids(query_count(request.query_params.get("queries")))]
-    async with connection(request.app.runtime.database()) as conn:
+    async with database(request).connection() as conn:
         for world in worlds:
             await conn.fetchrow(READ_WORLD, world.id)
         # One pipelined batch, atomic even in autocommit; ids ascending, so concurrent batches never deadlock.
@@ -88,7 +77,7 @@ async def updates(request: Request) -> Encoded:
 
 
 async def fortunes(request: Request) -> Encoded:
-    async with connection(request.app.runtime.database()) as conn:
+    async with database(request).connection() as conn:
         rows = await conn.fetch(READ_FORTUNES)
     return Encoded(render_fortunes(rows).encode(), headers=SERVER, content_type=_HTML)
 
