@@ -29,6 +29,7 @@ import asyncpg
 from sqlalchemy import create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
+from sqlalchemy.util import greenlet_spawn
 
 from svc.dblog import log_slow_statement
 from svc.errors import (
@@ -464,13 +465,17 @@ class Database:
                 async with pinned.use():
                     yield Connection(pinned.driver, self._slow_s, savepoints=True)
                 return
-            async with self.engine.connect() as connection:
-                driver = await _driver(connection)
-                try:
-                    yield Connection(driver, self._slow_s)
-                finally:
-                    if driver.is_closed() or driver.is_in_transaction():
-                        await connection.invalidate()
+            # Straight from the pool (no engine Connection around it): one hop into SQLAlchemy's greenlet to check
+            # out (it may connect), the checkin in place (nothing to await: no transaction is left open).
+            pooled = await greenlet_spawn(self.sync_engine.raw_connection)
+            driver: asyncpg.Connection = pooled.driver_connection
+            try:
+                yield Connection(driver, self._slow_s)
+            finally:
+                if driver.is_closed() or driver.is_in_transaction():
+                    await greenlet_spawn(pooled.invalidate)
+                else:
+                    pooled.close()
         except _DRIVER_ERRORS as exc:
             raise database_error(exc) from exc
 
@@ -604,10 +609,8 @@ class Database:
         return pinned
 
     async def dispose(self) -> None:
-        if self._engine is not None:
-            await self._engine.dispose()
-        else:  # never used: no connection was made, and none can be made without the async wrapper
-            self.sync_engine.dispose()
+        """Close the pool's connections (closing one awaits the driver: done in SQLAlchemy's greenlet)."""
+        await greenlet_spawn(self.sync_engine.dispose)
 
 
 def _pairs(names: list[str], values: Iterable[str]) -> list[str]:
