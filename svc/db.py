@@ -357,13 +357,24 @@ class Database:
     # -- the ORM ---------------------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def session(self, *, isolation: Isolation | None = None, **settings: str) -> AsyncIterator[AsyncSession]:
+    async def session(
+        self, *, isolation: Isolation | None = None, autocommit: bool = False, **settings: str
+    ) -> AsyncIterator[AsyncSession]:
         """An `AsyncSession` in one transaction: committed when the block ends, rolled back if it raises.
 
-        Round trips: BEGIN (plus one statement for all `settings`), the block's, COMMIT. Errors leave
-        as problems (`database_error`).
+        Round trips: BEGIN (plus one statement for all `settings`), the block's, COMMIT. With
+        `autocommit`, each statement is its own transaction and there is no BEGIN or COMMIT: for
+        reads that need no consistency between their statements (a single `get`), one round trip
+        each; settings need a transaction, so they cannot be given then. Errors leave as problems
+        (`database_error`).
         """
         names = _setting_names(settings)
+        if autocommit and (names or isolation):
+            raise ValueError("An autocommit session has no transaction: no settings, no isolation level")
+        if autocommit and self._pinned is None:
+            async with self._autocommit_session() as session:
+                yield session
+            return
         try:
             if self._pinned is not None:
                 async with self._pinned_session(names, settings, isolation) as session:
@@ -378,6 +389,19 @@ class Database:
             except BaseException:
                 await _quietly(session.rollback())
                 raise
+            finally:
+                await session.close()
+        except _DRIVER_ERRORS as exc:
+            raise database_error(exc) from exc
+
+    @asynccontextmanager
+    async def _autocommit_session(self) -> AsyncIterator[AsyncSession]:
+        try:
+            session = self.sessionmaker()
+            try:
+                await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                yield session
+                await session.commit()  # the ORM's flush, if the block wrote: nothing to commit on the server
             finally:
                 await session.close()
         except _DRIVER_ERRORS as exc:
@@ -447,7 +471,9 @@ class Database:
 
         `work` must have no effect outside the transaction: each attempt starts from scratch.
         """
-        return await self._with_retries(lambda: self.session(isolation=isolation, **settings), work, retries)
+        return await self._with_retries(
+            lambda: self.session(isolation=isolation, autocommit=False, **settings), work, retries
+        )
 
     # -- the fast path -----------------------------------------------------------------------------------------------
 

@@ -141,6 +141,11 @@ async def read_session_tenant(db: Database) -> Any:
         return (await session.execute(text("SELECT 41 + 1"))).scalar_one()
 
 
+async def read_session_autocommit(db: Database) -> Any:
+    async with db.session(autocommit=True) as session:
+        return (await session.execute(text("SELECT 41 + 1"))).scalar_one()
+
+
 async def read_connection(db: Database) -> Any:
     async with db.connection() as conn:
         return await conn.fetchval("SELECT 41 + 1")
@@ -165,6 +170,7 @@ TRIPS = {
         ["BEGIN;", "SELECT set_config($1, $2, true), set_config($3, $4, true)", "SELECT 41 + 1", "COMMIT;"],
     ),
     "session": Trips(read_session, ["BEGIN;", "SELECT 41 + 1", "COMMIT;"]),
+    "session-autocommit": Trips(read_session_autocommit, ["SELECT 41 + 1"]),
     "session-settings": Trips(read_session_tenant, ["BEGIN;", SET_ONE, "SELECT 41 + 1", "COMMIT;"]),
 }
 
@@ -180,6 +186,13 @@ async def test_statements_sent_per_unit_of_work_on_a_healthy_pool(db: Database, 
     # No pre-ping on checkout, nothing on check-in, and a fast-path read is exactly one statement. (Sorted: the
     # query loggers are called soon, SQLAlchemy's events at once.)
     assert sorted(sent) == sorted(trips.statements)
+
+
+@pytest.mark.parametrize("extra", [{"tenant": "7"}, {"isolation": "serializable"}])
+async def test_an_autocommit_session_takes_no_settings_or_isolation(db: Database, extra: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="no transaction"):
+        async with db.session(autocommit=True, **extra):  # type: ignore[arg-type]
+            pass
 
 
 async def test_the_fast_path_uses_the_pool_and_its_counters(db: Database) -> None:

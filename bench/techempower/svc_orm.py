@@ -1,7 +1,8 @@
 """svc, the ORM path: `uvicorn bench.techempower.svc_orm:app --no-server-header`.
 
 As svc's README teaches a user: SQLAlchemy ORM models (`bench/techempower/models.py`), one
-`request.app.runtime.database().session()` per request (a transaction), msgspec Structs out.
+`database(request).session()` per request (a transaction; `autocommit=True` for the reads: no
+BEGIN/COMMIT around them), msgspec Structs out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from bench.techempower.common import HTML_TYPE, query_count, random_id, random_i
 from bench.techempower.models import Fortune
 from bench.techempower.models import World as WorldRow
 from bench.techempower.svc_fast import SERVER, Message, Queries, World
+from svc import database
 from svc.app import lazy_app
 from svc.http.responses import Encoded, json_response
 from svc.http.routing import Route
@@ -26,21 +28,21 @@ async def json(request: Request) -> Encoded:
 
 
 async def db(request: Request) -> Encoded:
-    async with request.app.runtime.database().session() as session:
+    async with database(request).session(autocommit=True) as session:  # a read: no BEGIN/COMMIT
         world = await session.get_one(WorldRow, random_id())
     return json_response(World(world.id, world.randomnumber), headers=SERVER)
 
 
 async def queries(request: Request) -> Encoded:
     ids = random_ids(query_count(request.query_params.get("queries")))
-    async with request.app.runtime.database().session() as session:
+    async with database(request).session(autocommit=True) as session:
         worlds = [await session.get_one(WorldRow, id_) for id_ in ids]
     return json_response([World(world.id, world.randomnumber) for world in worlds], headers=SERVER)
 
 
 async def updates(request: Request) -> Encoded:
     ids = random_ids(query_count(request.query_params.get("queries")))
-    async with request.app.runtime.database().session() as session:
+    async with database(request).session() as session:
         worlds = [await session.get_one(WorldRow, id_) for id_ in ids]
         for world in worlds:
             world.randomnumber = random_number()
@@ -49,7 +51,7 @@ async def updates(request: Request) -> Encoded:
 
 
 async def fortunes(request: Request) -> Encoded:
-    async with request.app.runtime.database().session() as session:
+    async with database(request).session(autocommit=True) as session:
         rows = (await session.execute(select(Fortune.id, Fortune.message))).all()
     page = render_fortunes((row.id, row.message) for row in rows)
     return Encoded(page.encode(), headers=SERVER, content_type=_HTML)
