@@ -197,13 +197,15 @@ def problem_response(
 def render(exc: Exception, scope: Scope) -> Encoded:
     """The answer to an exception that escaped a handler: its problem, or a 500 for anything unexpected.
 
-    A `ServiceError` of status 500 or more is logged with its cause's type, and anything unexpected
-    with its traceback; an exception's text is never sent (it may hold data or secrets).
+    A `ServiceError` of status 500, or of 5xx with a cause (a driver error), is logged with its cause's
+    type, and anything unexpected with its traceback; an exception's text is never sent (it may hold
+    data or secrets).
     """
     instance = scope["path"]
     if isinstance(exc, ServiceError):
-        if exc.status >= 500:
-            cause = exc.__cause__
+        cause = exc.__cause__
+        # A 503 the service chose (starting, draining) is its answer, not an incident: not logged per request.
+        if exc.status >= 500 and (cause is not None or exc.status == 500):
             logger.warning("%s: %s", exc.title, type(cause).__name__ if cause else exc.detail)
         errors = exc.errors if isinstance(exc, UnprocessableContent) else None
         return problem_response(

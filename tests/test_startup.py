@@ -117,7 +117,7 @@ async def test_readiness_says_starting_up_when_start_up_takes_longer_than_it_wai
 
 
 async def test_a_route_that_needs_the_database_during_start_up_gets_a_503_problem_with_retry_after(
-    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def never(*args: Any) -> None:
         await asyncio.Event().wait()
@@ -136,6 +136,8 @@ async def test_a_route_that_needs_the_database_during_start_up_gets_a_503_proble
     assert response.headers["retry-after"] == "1"
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["detail"] == "The service is not ready: Starting up."
+    # The service's own answer while it starts, not an incident: no log line per request.
+    assert [r for r in caplog.records if r.name == "svc.errors"] == []
 
 
 async def test_a_failed_start_up_is_logged_and_keeps_readiness_503(
