@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         UnsupportedMediaType,
     )
     from svc.http.decode import decode_body, decode_path, decode_query
-    from svc.http.responses import Encoded, json_response
+    from svc.http.responses import Encoded, html_response, json_response
     from svc.http.routing import Route
     from svc.runtime import database
     from svc.service import Service
@@ -47,6 +47,7 @@ __all__ = [
     "decode_body",
     "decode_path",
     "decode_query",
+    "html_response",
     "json_response",
 ]
 
@@ -56,6 +57,7 @@ _HOMES = {
     "database": "svc.runtime",
     "Encoded": "svc.http.responses",
     "json_response": "svc.http.responses",
+    "html_response": "svc.http.responses",
     "decode_body": "svc.http.decode",
     "decode_path": "svc.http.decode",
     "decode_query": "svc.http.decode",

@@ -596,6 +596,7 @@ def test_svc_exports_its_surface_and_imports_it_only_when_used() -> None:
         "ServiceUnavailable",
         "Service",
         "database",
+        "html_response",
     }
     assert all(getattr(svc, name) is not None for name in svc.__all__)
     with pytest.raises(AttributeError):

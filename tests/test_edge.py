@@ -15,6 +15,7 @@ import pytest
 from starlette.routing import Route as StarletteRoute
 from starlette.types import Message, Receive, Scope, Send
 
+import svc
 from svc.access import flush_access_log
 from svc.app import create_app
 from svc.health import Health
@@ -325,3 +326,23 @@ async def test_with_another_handler_the_access_line_is_an_ordinary_record(
     assert record.route == "/health"  # type: ignore[attr-defined]
     assert written["request_id"] == "acc-9"
     assert written["route"] == "/health"
+
+
+@pytest.mark.parametrize(
+    ("make", "content_type", "body"),
+    [
+        (lambda: svc.json_response({"a": [1, 2]}, 201), "application/json", b'{"a":[1,2]}'),
+        (lambda: svc.html_response("<p>caf\u00e9</p>", 201), "text/html; charset=utf-8", "<p>caf\u00e9</p>".encode()),
+    ],
+    ids=["json", "html"],
+)
+async def test_response_helpers_encode_once_with_their_type_and_length(
+    make_settings: Callable[..., Settings], make: Callable[[], object], content_type: str, body: bytes
+) -> None:
+    async def endpoint(request: object) -> object:
+        return make()
+
+    async with serve(create_app(make_settings(), routes=[svc.Route("/made", endpoint)])) as client:
+        response = await client.get("/made")
+    assert (response.status_code, response.headers["content-type"], response.content) == (201, content_type, body)
+    assert int(response.headers["content-length"]) == len(body)

@@ -2,7 +2,7 @@
 `SERVICE=bench.techempower.svc_fast:service python -m svc serve`.
 
 Built as svc's README teaches: `Route`s in a `Service`, msgspec Structs as JSON (`json_response`),
-`Encoded` for the HTML page, queries on the fast path (`database(request).connection()`: the pool's
+`html_response` for the HTML page, queries on the fast path (`database(request).connection()`: the pool's
 asyncpg connection). Every response carries what svc's edge adds (request id, security headers, `Server-Timing`, metrics, the access line when on)
 plus a `Server` header of its own: `python -m svc serve` turns uvicorn's off, and TechEmpower wants one.
 """
@@ -13,7 +13,6 @@ import msgspec
 from starlette.requests import Request
 
 from bench.techempower.common import (
-    HTML_TYPE,
     READ_FORTUNES,
     READ_WORLD,
     WRITE_WORLD,
@@ -23,7 +22,7 @@ from bench.techempower.common import (
     random_number,
     render_fortunes,
 )
-from svc import database
+from svc import database, html_response
 from svc.app import lazy_app
 from svc.http.responses import Encoded, json_response
 from svc.http.routing import Route
@@ -31,7 +30,6 @@ from svc.service import Service
 
 #: TechEmpower requires a `Server` header; svc leaves it to the service (uvicorn's is off under `svc serve`).
 SERVER = ((b"server", b"svc"),)
-_HTML = HTML_TYPE.encode()
 
 
 class Message(msgspec.Struct):
@@ -79,7 +77,7 @@ async def updates(request: Request) -> Encoded:
 async def fortunes(request: Request) -> Encoded:
     async with database(request).connection() as conn:
         rows = await conn.fetch(READ_FORTUNES)
-    return Encoded(render_fortunes(rows).encode(), headers=SERVER, content_type=_HTML)
+    return html_response(render_fortunes(rows), headers=SERVER)
 
 
 service = Service(

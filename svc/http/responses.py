@@ -8,9 +8,10 @@ import msgspec
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 
-__all__ = ["JSON_TYPE", "Encoded", "json_response"]
+__all__ = ["HTML_TYPE", "JSON_TYPE", "Encoded", "html_response", "json_response"]
 
 JSON_TYPE = b"application/json"
+HTML_TYPE = b"text/html; charset=utf-8"
 _json = msgspec.json.Encoder()
 
 
@@ -39,3 +40,8 @@ class Encoded(Response):
 def json_response(content: object, status_code: int = 200, headers: Iterable[tuple[bytes, bytes]] = ()) -> Encoded:
     """`content` (a msgspec Struct, or anything msgspec encodes) as an `application/json` response."""
     return Encoded(_json.encode(content), status_code, headers, content_type=JSON_TYPE)
+
+
+def html_response(content: str, status_code: int = 200, headers: Iterable[tuple[bytes, bytes]] = ()) -> Encoded:
+    """`content` (HTML the caller has escaped) as a `text/html; charset=utf-8` response."""
+    return Encoded(content.encode(), status_code, headers, content_type=HTML_TYPE)
