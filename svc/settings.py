@@ -8,7 +8,7 @@ from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit
 
 import marshmallow as ma
 from environs import Env, EnvValidationError
@@ -218,17 +218,7 @@ def normalise_database_url(url: str) -> str:
         raise ValueError("Not a valid URL.") from None
     if parts.scheme not in DATABASE_SCHEMES:
         raise ValueError("Scheme must be postgres://, postgresql:// or postgresql+asyncpg://.")
-    given: dict[str, str] = {}
-    if parts.username:
-        given["user"] = unquote(parts.username)
-    if parts.password:  # empty, as the embedded server's URL has it: no password
-        given["password"] = unquote(parts.password)
-    if host := _authority_host(parts.netloc):
-        given["host"] = host
-    if port is not None:
-        given["port"] = str(port)
-    if parts.path not in ("", "/"):
-        given["dbname"] = unquote(parts.path[1:])
+    given = _from_authority_and_path(parts, port)
     if any("=" not in item for item in parts.query.split("&") if item):
         raise ValueError("Each query parameter must be name=value.")
     twice: set[str] = set()
@@ -257,11 +247,19 @@ def _query(query: str) -> list[tuple[str, str]]:
     ]
 
 
-def _authority_host(netloc: str) -> str:
-    """The host in a URL's authority, percent-decoded (a unix-socket directory may be given so), as written."""
-    hostport = netloc.rpartition("@")[2]
+def _from_authority_and_path(parts: SplitResult, port: int | None) -> dict[str, str]:
+    """The parameters a URL gives before its query, by libpq name, percent-decoded; empty ones left out."""
+    hostport = parts.netloc.rpartition("@")[2]
+    # As written (urlsplit lower-cases it), and decoded: a unix-socket directory may be given so.
     host = hostport[1 : hostport.find("]")] if hostport.startswith("[") else hostport.partition(":")[0]
-    return unquote(host)
+    given = {
+        "user": unquote(parts.username or ""),
+        "password": unquote(parts.password or ""),  # empty, as the embedded server's URL has it: no password
+        "host": unquote(host),
+        "port": "" if port is None else str(port),
+        "dbname": unquote(parts.path[1:]),
+    }
+    return {name: value for name, value in given.items() if value}
 
 
 def _unsupported(names: list[str]) -> list[str]:
