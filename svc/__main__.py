@@ -89,11 +89,19 @@ def serve(args: argparse.Namespace) -> int:
     listens). uvicorn's access log is off (the service writes its own structured one), so is its
     `server` header; the lifespan is required, so a failed start-up stops the process. Exits 0
     after a graceful shutdown (SIGTERM, Ctrl-C), 1 when the server (or, with --workers, any
-    worker) could not start.
+    worker) could not start. Every line it writes, uvicorn's supervisor's included, is in LOG_FORMAT.
+    SIGHUP drains like SIGTERM; with --workers, uvicorn's supervisor takes it instead and replaces
+    the workers one by one (each old one drains as after SIGTERM).
     """
     settings = load_settings_or_exit()
     import uvicorn
 
+    from svc.logging import configure_logging
+
+    # Here too, not only in the app: with --workers or --reload this process is uvicorn's supervisor, which
+    # never builds the app, and its lines ("Started parent process", a port in use) must be svc's, JSON in
+    # production. uvicorn installs no logging configuration of its own (log_config=None), here or in a worker.
+    configure_logging(settings.log_level, settings.log_format)
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -107,6 +115,7 @@ def serve(args: argparse.Namespace) -> int:
         # The client's address and scheme from X-Forwarded-For/-Proto only when the peer is a trusted proxy.
         "proxy_headers": bool(settings.trusted_proxies),
         "forwarded_allow_ips": list(settings.trusted_proxies),
+        "log_config": None,
     }
     try:
         if args.workers > 1 and not args.reload:
@@ -118,7 +127,7 @@ def serve(args: argparse.Namespace) -> int:
         # uvicorn exits 3 when it cannot start (port in use, failed lifespan), after logging why.
         started = exc.code in (0, None)
     if not started:
-        print("svc: the server could not start (the reason is logged above)", file=sys.stderr)
+        logger.error("The server could not start (the reason is logged above)")
         return 1
     return 0
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from svc.clock import utc_now
 __all__ = ["DatabaseProbe", "ProbeResult", "utc_now"]
 
 Connect = Callable[[float], Awaitable[Any]]
+logger = logging.getLogger("svc.probe")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,25 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
     return f"The database check failed unexpectedly ({type(exc).__name__})."
 
 
+def log_transition(previous: ProbeResult | None, new: ProbeResult) -> None:
+    """Log a change of the database check once: WARNING when it fails or warns (with the reason), INFO when it passes again.
+
+    A change is one of status, or of the reason while failing (refused, then starting up); a first
+    result is one when it is not `pass`. The reason is the result's `output`, which holds no secret.
+    """
+    if previous is None:
+        if new.status == "pass":
+            return
+    elif previous.status == new.status and (new.status != "fail" or previous.output == new.output):
+        return
+    was = "" if previous is None else previous.status
+    extra = {"check": "postgresql", "status": new.status, "previous_status": was or None}
+    if new.status == "pass":
+        logger.info("Database check passes again (was %s)", was, extra=extra)
+    else:
+        logger.warning("Database check %s: %s", "fails" if new.status == "fail" else "warns", new.output, extra=extra)
+
+
 class DatabaseProbe:
     """Checks the database with `SELECT 1` on a connection of its own, outside the pool.
 
@@ -88,20 +110,39 @@ class DatabaseProbe:
             return last
         return None
 
-    async def check(self) -> ProbeResult:
+    async def check(self, deadline: float | None = None) -> ProbeResult:
+        """The last result while fresh, else the result of a check (one in flight, shared by every caller).
+
+        `deadline` (an event-loop time) bounds the wait: a caller whose budget ends first gets a
+        `fail` ("did not answer"), which is also the last result until the check in flight ends, so
+        every answer of the service tells the same story.
+        """
         last = self.last
         if last is not None and time.monotonic() - last.measured_at < self.ttl:
             return last
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._measure())
-            self._inflight.add_done_callback(self._finished)
-        # Shielded: a caller that goes away must not cancel the check others are waiting for.
-        return await asyncio.shield(self._inflight)
+            # A fresh context: the request that started the check is not what its log line is about.
+            self._inflight.add_done_callback(self._finished, context=contextvars.Context())
+        try:
+            async with asyncio.timeout_at(deadline):
+                # Shielded: a caller that goes away must not cancel the check others are waiting for.
+                return await asyncio.shield(self._inflight)
+        except TimeoutError:
+            result = ProbeResult(
+                "fail", utc_now(), time.monotonic(), output=describe_failure(TimeoutError(), self.timeout)
+            )
+            self._record(result)
+            return result
 
     def _finished(self, future: asyncio.Future[ProbeResult]) -> None:
         self._inflight = None
         if not future.cancelled():
-            self.last = future.result()
+            self._record(future.result())
+
+    def _record(self, result: ProbeResult) -> None:
+        previous, self.last = self.last, result
+        log_transition(previous, result)
 
     def open_soon(self) -> None:
         """Start opening the probe's connection in the background (at start-up): the first check then

@@ -9,7 +9,7 @@ from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit
 
 import marshmallow as ma
 from environs import Env, EnvValidationError
@@ -168,33 +168,158 @@ class Settings:
 
 
 def mask_url(url: str) -> str:
-    """`url` with its password replaced by a mask."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{MASK}@{netloc}"))
+    """`url` with its password masked wherever it is given: before the host, or as a `password` parameter.
 
-
-def normalise_database_url(url: str) -> str:
-    """Accept postgres://, postgresql:// and postgresql+asyncpg:// and return the asyncpg form.
-
-    Raises ValueError with a message that never contains the URL itself.
+    A URL that does not parse is masked whole.
     """
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError:
+        return MASK
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        userinfo = f"{userinfo.partition(':')[0]}:{MASK}"
+    query = []
+    for item in parts.query.split("&"):
+        name = item.partition("=")[0]
+        query.append(f"{name}={MASK}" if unquote(name) == "password" else item)
+    return _unsplit(parts.scheme, f"{userinfo}{at}{hostport}", parts.path, "&".join(query), parts.fragment)
+
+
+def _unsplit(scheme: str, netloc: str, path: str, query: str, fragment: str = "") -> str:
+    """`urlunsplit`, except that an empty authority is kept (`postgresql:///db?host=/dir`), as libpq and SQLAlchemy read it."""
+    return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
+
+
+# libpq's connection parameters that have a place in the URL itself: moved there from the query.
+_IN_URL = ("user", "password", "host", "port", "dbname")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# What to set instead of a parameter svc refuses, where there is something.
+_INSTEAD = {
+    "connect_timeout": "DB_CONNECT_TIMEOUT",
+    "application_name": "DB_APPLICATION_NAME",
+    "command_timeout": "DB_COMMAND_TIMEOUT",
+    "statement_cache_size": "DB_STATEMENT_CACHE_SIZE",
+    "prepared_statement_cache_size": "DB_STATEMENT_CACHE_SIZE",
+    # asyncpg reads libpq's variables for these.
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+}
+# A parameter's name is repeated in a message only when it looks like one (not, say, a pasted secret).
+_PARAMETER_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_TCP_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
+
+
+def normalise_database_url(url: str) -> str:
+    """`url` in the one form every consumer reads: the engine, the probe, the schema check, migrations.
+
+    That form is `postgresql+asyncpg://user:password@host:port/database?host=/dir&ssl=mode`: the
+    user, password, host, port and database in the URL itself, wherever they were given (libpq's
+    `user`, `password`, `host`, `port` and `dbname` query parameters are moved there), a unix-socket
+    directory (a host starting with `/`) as the `host` query parameter, which SQLAlchemy's asyncpg
+    dialect and `svc.postgres` both read, and libpq's `sslmode` as asyncpg's `ssl`. Every other
+    parameter is refused by name: none would reach every connection the service makes. Idempotent.
+
+    Raises ValueError with a message that never contains a value from the URL (parameter names aside).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         raise ValueError("Not a valid URL.") from None
     if parts.scheme not in DATABASE_SCHEMES:
         raise ValueError("Scheme must be postgres://, postgresql:// or postgresql+asyncpg://.")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if not (parts.hostname or any(k == "host" for k, _ in query)):
-        raise ValueError("A host is required.")
-    # libpq spells TLS as sslmode; asyncpg reads ssl.
-    query = [("ssl" if k == "sslmode" else k, v) for k, v in query]
-    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", query=urlencode(query)))
+    given = _from_authority_and_path(parts, port)
+    if any("=" not in item for item in parts.query.split("&") if item):
+        raise ValueError("Each query parameter must be name=value.")
+    twice: set[str] = set()
+    unsupported: list[str] = []
+    for name, value in _query(parts.query):
+        key = "ssl" if name == "sslmode" else name  # libpq spells it sslmode, asyncpg ssl
+        if key not in (*_IN_URL, "ssl"):
+            unsupported.append(name)
+        elif value and key in given:
+            twice.add(name)
+        elif value:  # libpq reads an empty value as not given
+            given[key] = value
+    problems = _unsupported(unsupported)
+    if twice:
+        problems.append(f"Given twice: {', '.join(sorted(twice))}.")
+    problems += _invalid(given)
+    if problems:
+        raise ValueError(" ".join(problems))
+    return _canonical(given)
+
+
+def _query(query: str) -> list[tuple[str, str]]:
+    """A URL's query parameters as libpq reads them: percent-decoded (a `+` is a plus sign, not a space)."""
+    return [
+        (unquote(name), unquote(value)) for name, _, value in (item.partition("=") for item in query.split("&") if item)
+    ]
+
+
+def _from_authority_and_path(parts: SplitResult, port: int | None) -> dict[str, str]:
+    """The parameters a URL gives before its query, by libpq name, percent-decoded; empty ones left out."""
+    hostport = parts.netloc.rpartition("@")[2]
+    # As written (urlsplit lower-cases it), and decoded: a unix-socket directory may be given so.
+    host = hostport[1 : hostport.find("]")] if hostport.startswith("[") else hostport.partition(":")[0]
+    given = {
+        "user": unquote(parts.username or ""),
+        "password": unquote(parts.password or ""),  # empty, as the embedded server's URL has it: no password
+        "host": unquote(host),
+        "port": "" if port is None else str(port),
+        "dbname": unquote(parts.path[1:]),
+    }
+    return {name: value for name, value in given.items() if value}
+
+
+def _unsupported(names: list[str]) -> list[str]:
+    """The message refusing these parameters, by name, saying what to set instead where there is something."""
+    if not names:
+        return []
+    shown = sorted({name for name in names if _PARAMETER_NAME.fullmatch(name)})
+    others = sum(1 for name in names if name not in shown)
+    listed = ", ".join([*shown, *([f"{others} more"] if others else [])])
+    advice = [f"use {_INSTEAD[name]} instead of {name}" for name in shown if name in _INSTEAD]
+    if refused := [name for name in shown if name not in _INSTEAD]:
+        advice.append(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not supported")
+    return [f"Unsupported parameter(s) {listed}: {'; '.join(advice) or 'not supported'}."]
+
+
+def _invalid(given: dict[str, str]) -> list[str]:
+    problems = []
+    host = given.get("host")
+    if host is None:
+        problems.append("A host is required.")
+    elif "," in host:
+        problems.append("Several hosts are not supported.")
+    elif not (host.startswith("/") or _TCP_HOST.fullmatch(host)):
+        problems.append("The host must be a host name, an IP address or a unix-socket directory.")
+    if "port" in given and not (given["port"].isdigit() and 1 <= int(given["port"]) <= 65_535):
+        problems.append("The port must be a number from 1 to 65535.")
+    if given.get("ssl", "disable") not in SSL_MODES:
+        problems.append(f"sslmode must be one of {', '.join(SSL_MODES)}.")
+    return problems
+
+
+def _canonical(given: dict[str, str]) -> str:
+    """The URL of `given` (validated parameters by libpq name, `ssl` for sslmode) in the canonical form."""
+    userinfo = quote(given.get("user", ""), safe="")
+    if "password" in given:
+        userinfo += ":" + quote(given["password"], safe="")
+    host, query = given["host"], []
+    if host.startswith("/"):  # a unix-socket directory
+        host, query = "", [("host", host)]
+    elif ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    if "ssl" in given:
+        query.append(("ssl", given["ssl"]))
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    if "port" in given:
+        netloc += f":{int(given['port'])}"
+    path = "/" + quote(given["dbname"], safe="") if "dbname" in given else ""
+    return _unsplit("postgresql+asyncpg", netloc, path, urlencode(query, quote_via=quote))
 
 
 def _check_secret_key(value: str) -> list[str]:
@@ -218,7 +343,11 @@ _HOST_PATTERN = re.compile(rf"(?:\*\.)?{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?|\[[0
 
 
 def _host_patterns(value: list[str]) -> None:
-    # A port or a stray character would make an entry that never matches: every request refused.
+    # No entry, a port or a stray character would make a list that never matches: every request refused.
+    if not any(pattern.strip() for pattern in value):
+        raise ma.ValidationError(
+            'Must name at least one host, or "*" for any: an empty list would refuse every request.'
+        )
     for pattern in value:
         if pattern.strip() != "*" and not _HOST_PATTERN.fullmatch(pattern.strip()):
             raise ma.ValidationError(
@@ -238,6 +367,11 @@ def _networks(value: list[str]) -> None:
             ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
             raise ma.ValidationError("Each entry must be an IP address or network (10.0.0.0/8, ::1).") from None
+
+
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ma.ValidationError("Must not be empty (it would mean the working directory): unset it for the default.")
 
 
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
@@ -307,7 +441,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         ),
         "trusted_proxies": _entries(env.list("TRUSTED_PROXIES", default=[], validate=_networks)),
         "metrics_enabled": env.bool("METRICS_ENABLED", default=d.metrics_enabled),
-        "metrics_dir": env.path("METRICS_DIR", default=None),
+        "metrics_dir": env.str("METRICS_DIR", default=None, validate=_not_blank),
         "db_slow_query_ms": env.float(
             "DB_SLOW_QUERY_MS", default=d.db_slow_query_ms, validate=ma.validate.Range(0, 3_600_000)
         ),
@@ -378,9 +512,26 @@ def _check_together(values: dict[str, Any], errors: dict[str, list[str]], app_en
     if values["service"] is not None and (problem := find_service(values["service"])) is not None:
         errors.setdefault("SERVICE", []).append(problem)
 
-    token = values["health_token"]
-    if token is not None and len(token) < 16:
-        errors.setdefault("HEALTH_TOKEN", []).append("Must be at least 16 characters.")
+    if values["metrics_dir"] is not None:
+        values["metrics_dir"] = Path(values["metrics_dir"])
+
+    if values["health_token"] is not None and (problems := _check_health_token(values["health_token"])):
+        errors.setdefault("HEALTH_TOKEN", []).extend(problems)
+
+
+def _check_health_token(token: str) -> list[str]:
+    """What keeps `token` from ever matching a request's `Authorization: Bearer` header (empty: nothing)."""
+    problems = []
+    if len(token) < 16:
+        problems.append("Must be at least 16 characters.")
+    # HTTP drops whitespace around a header value, and a header cannot carry control characters, so such
+    # a token could never be sent: refused rather than trimmed, so that what is configured is what is compared.
+    if token != token.strip() or any(ord(c) < 32 or ord(c) == 127 for c in token):
+        problems.append(
+            "Must not begin or end with whitespace (such as a secret file's trailing newline) "
+            "or hold control characters: no request could send it."
+        )
+    return problems
 
 
 def load_settings_or_exit() -> Settings:

@@ -5,6 +5,7 @@ Each command runs as a real `python -m svc` process in an empty directory, witho
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ COMMANDS = {
     "serve": "serve the app with uvicorn, configured for production",
 }
 PASSWORD = "cli-pa55word-never-printed"
+COULD_NOT_START = "The server could not start (the reason is logged above)"
 
 
 def cli_env(**variables: str) -> dict[str, str]:
@@ -209,7 +211,7 @@ def test_serve_exits_1_with_a_reason_when_the_app_fails_to_start(tmp_path: Path,
     )
     assert result.returncode == 1, result.stderr
     assert "Application startup failed" in result.stderr
-    assert result.stderr.endswith("svc: the server could not start (the reason is logged above)\n")
+    assert json.loads(result.stderr.splitlines()[-1])["message"] == COULD_NOT_START
 
 
 def test_serve_exits_1_with_a_reason_when_the_port_is_taken(tmp_path: Path, migrated_database_url: str) -> None:
@@ -220,5 +222,5 @@ def test_serve_exits_1_with_a_reason_when_the_port_is_taken(tmp_path: Path, migr
         result = svc("serve", "--port", str(port), cwd=tmp_path, DATABASE_URL=migrated_database_url)
     assert result.returncode == 1
     assert "address already in use" in result.stderr.lower()
-    assert result.stderr.endswith("svc: the server could not start (the reason is logged above)\n")
+    assert json.loads(result.stderr.splitlines()[-1])["message"] == COULD_NOT_START
     assert "Traceback" not in result.stderr
