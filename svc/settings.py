@@ -100,8 +100,7 @@ class Settings:
     service: str | None = None
 
     # A pool that never closes what it opens: overflow connections are closed on check-in, so under load
-    # they were reopened all the time (about 40 a second at 64 concurrent requests). Requests beyond the
-    # pool wait up to db_pool_timeout for a connection instead.
+    # they are reopened all the time. Requests beyond the pool wait up to db_pool_timeout for a connection.
     db_pool_size: int = 10
     db_max_overflow: int = 0
     db_pool_timeout: float = 5.0
