@@ -26,6 +26,15 @@ PLACEHOLDER_SECRETS = frozenset(
 DATABASE_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 MASK = "********"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: `OTEL_TRACES_SAMPLER` values (OpenTelemetry's built-in samplers).
+TRACES_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
 
 
 class Environment(StrEnum):
@@ -136,6 +145,13 @@ class Settings:
     http_max_pipelined: int = 16
     http_max_connections: int = 1_000
 
+    # OpenTelemetry (the standard OTEL_* variables): spans are exported when an endpoint is set (`tracing`).
+    otel_service_name: str = "svc"
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_traces_sampler: str = "parentbased_always_on"
+    otel_traces_sampler_arg: float | None = None
+    otel_sdk_disabled: bool = False
+
     def __post_init__(self) -> None:
         # Options given as plain strings (dataclasses.replace in tests, code building Settings) become their enums.
         object.__setattr__(self, "app_env", Environment(self.app_env))
@@ -145,6 +161,11 @@ class Settings:
     @property
     def is_development(self) -> bool:
         return self.app_env is Environment.DEVELOPMENT
+
+    @property
+    def tracing(self) -> bool:
+        """Whether spans are made and exported: an OTLP endpoint is set and the SDK is not disabled."""
+        return self.otel_exporter_otlp_endpoint is not None and not self.otel_sdk_disabled
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration by variable name, with secrets masked."""
@@ -232,6 +253,16 @@ def _networks(value: list[str]) -> None:
             ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
             raise ma.ValidationError("Each entry must be an IP address or network (10.0.0.0/8, ::1).") from None
+
+
+def _otlp_endpoint(value: str) -> None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError:
+        raise ma.ValidationError("Not a valid URL.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ma.ValidationError("Must be an http:// or https:// URL with a host (OTLP/HTTP).")
 
 
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
@@ -325,6 +356,15 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         "http_max_connections": env.int(
             "HTTP_MAX_CONNECTIONS", default=d.http_max_connections, validate=ma.validate.Range(1, 1_000_000)
         ),
+        "otel_service_name": env.str(
+            "OTEL_SERVICE_NAME", default=d.otel_service_name, validate=ma.validate.Length(1, 255)
+        ),
+        "otel_exporter_otlp_endpoint": env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default=None, validate=_otlp_endpoint),
+        "otel_traces_sampler": env.str(
+            "OTEL_TRACES_SAMPLER", default=d.otel_traces_sampler, validate=ma.validate.OneOf(TRACES_SAMPLERS)
+        ),
+        "otel_traces_sampler_arg": env.float("OTEL_TRACES_SAMPLER_ARG", default=None, validate=ma.validate.Range(0, 1)),
+        "otel_sdk_disabled": env.bool("OTEL_SDK_DISABLED", default=d.otel_sdk_disabled),
     }
     try:
         env.seal()
