@@ -352,8 +352,21 @@ def test_query_structs_and_path_convertors_are_parameters(
     for method in ("get", "head"):
         assert document["paths"][path][method]["parameters"] == [
             {"$ref": "#/components/parameters/X-Request-ID"},
+            {"$ref": "#/components/parameters/traceparent"},
+            {"$ref": "#/components/parameters/tracestate"},
             *parameters,
         ]
+
+
+def test_every_operation_takes_the_trace_context_headers(document: dict[str, Any]) -> None:
+    for path_item in document["paths"].values():
+        for operation in path_item.values():
+            refs = [p.get("$ref") for p in operation.get("parameters", [])]
+            assert "#/components/parameters/traceparent" in refs
+            assert "#/components/parameters/tracestate" in refs
+    traceparent = document["components"]["parameters"]["traceparent"]
+    assert traceparent["in"] == "header"
+    assert not traceparent["required"]
 
 
 @pytest.mark.parametrize(

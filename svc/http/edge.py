@@ -69,6 +69,16 @@ def user_agent(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+#: A traced request: the token of its `svc.context.trace` value, and its server span when tracing is on.
+Traced = tuple[Token[TraceContext | None], "ServerSpan | None"]
+
+
+def tracestate(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's `tracestate`, its fields joined by commas (RFC 9110 list syntax); None without one."""
+    values = [value for name, value in headers if name == b"tracestate"]
+    return b",".join(values) if values else None
+
+
 class _Passthrough:
     """A `send` for an app that sends for itself: the edge's headers added, what is sent noted.
 
@@ -138,9 +148,7 @@ class Edge:
         start = _clock()
         rid, rid_header, refusal, streamed, context = self.inspect(scope["headers"])
         token = request_id.set(rid)
-        span = None if self.tracing is None else self.tracing.start(scope, context)
-        context = context if span is None else span.context
-        trace_token = None if context is None else trace.set(context)
+        traced = None if context is None and self.tracing is None else self.traced(scope, context)
         if self.metrics is not None:
             self.metrics.in_flight += 1
         head = scope["method"] == "HEAD"
@@ -164,7 +172,7 @@ class Edge:
             except Exception as exc:
                 if passthrough is not None and passthrough.status:
                     raise  # its response has begun: nothing else can be sent
-                response = self.failed(exc, scope, span)
+                response = self.failed(exc, scope, traced)
             # The one place svc sends a response: the edge's headers first, the body (none for HEAD).
             status = response.status_code
             body = b"" if head else response.body
@@ -180,41 +188,40 @@ class Edge:
         finally:
             if passthrough is not None:
                 status, size = passthrough.status, passthrough.size
-            self.done(scope, status, size, start, token, trace_token=trace_token, span=span)
+            self.done(scope, status, size, start, token, traced)
+
+    def traced(self, scope: Scope, context: TraceContext | None) -> Traced:
+        """Enter the request's trace context (its server span's, with `tracing`, else the caller's `context`)."""
+        span = None if self.tracing is None else self.tracing.start(scope, context)
+        return trace.set(context if span is None else span.context), span
 
     @staticmethod
-    def failed(exc: Exception, scope: Scope, span: ServerSpan | None) -> Response:
+    def failed(exc: Exception, scope: Scope, traced: Traced | None) -> Response:
         """The problem that answers `exc` (logged there when unexpected), noted on the request's span."""
-        if span is not None:
-            span.failed(exc)
+        if traced is not None and traced[1] is not None:
+            traced[1].failed(exc)
         return render(exc, scope)
 
-    def done(
-        self,
-        scope: Scope,
-        status: int,
-        size: int,
-        start: float,
-        token: Token[str | None],
-        *,
-        trace_token: Token[TraceContext | None] | None,
-        span: ServerSpan | None,
+    def done(  # noqa: PLR0917 - the hot path: positional arguments are the cheapest to pass
+        self, scope: Scope, status: int, size: int, start: float, token: Token[str | None], traced: Traced | None
     ) -> None:
         """Record the request (metrics, access line, span) and leave its context; no status means none was sent."""
         try:
             metrics = self.metrics
             if metrics is not None:
                 metrics.in_flight -= 1
-            if metrics is None and self.access_log is None and span is None:
+            if metrics is None and self.access_log is None and traced is None:
                 return
             route = scope.get("route")
             template = UNMATCHED if route is None else getattr(route, "path", UNMATCHED)
             # No response at all (or none begun when cancelled): the server answers 500.
             status, seconds = status or 500, _clock() - start
-            if span is not None and self.tracing is not None:
+            exemplar = None
+            if traced is not None and (span := traced[1]) is not None and self.tracing is not None:
                 self.tracing.finish(span, scope["method"], template, status)
+                exemplar = span.exemplar
             if metrics is not None:
-                metrics.observe(scope["method"], template, status, seconds, None if span is None else span.exemplar)
+                metrics.observe(scope["method"], template, status, seconds, exemplar)
             log = self.access_log
             if log is not None and log.logger.isEnabledFor(logging.INFO):
                 client = scope.get("client")
@@ -230,8 +237,8 @@ class Edge:
                 )
         finally:
             request_id.reset(token)
-            if trace_token is not None:
-                trace.reset(trace_token)
+            if traced is not None:
+                trace.reset(traced[0])
 
     def inspect(  # noqa: PLR0912 - one pass reads every header the edge needs
         self, headers: Sequence[tuple[bytes, bytes]]
@@ -244,7 +251,6 @@ class Edge:
         length: bytes | None = None
         hosts: list[bytes] | None = None if self.hosts is None else []
         traceparent: bytes | None = None
-        tracestate: bytes | None = None
         for name, value in headers:
             size += len(name) + len(value)
             if name == HEADER:
@@ -258,8 +264,6 @@ class Edge:
                 hosts.append(value)
             elif name == b"traceparent":
                 traceparent = value if traceparent is None else b""
-            elif name == b"tracestate":
-                tracestate = value if tracestate is None else tracestate + b"," + value
         refusal: ServiceError | None = None
         if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT:
             refusal = HeaderFieldsTooLarge(_HEAD_DETAIL)
@@ -270,7 +274,7 @@ class Edge:
                 refusal = BadRequest("The Content-Length header is not a number.")
             elif int(length) > self.max_body_bytes:
                 refusal = ContentTooLarge()
-        context = None if traceparent is None else incoming(traceparent, tracestate)
+        context = None if traceparent is None else incoming(traceparent, tracestate(headers))
         if rid is None:
             return (*new_request_id(), refusal, streamed, context)
         return rid, (HEADER, rid.encode()), refusal, streamed, context
