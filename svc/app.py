@@ -67,7 +67,7 @@ async def start_database(app: App, url: str, stack: AsyncExitStack) -> None:
         migrations = [service.migrations] if service.migrations is not None else []
     await asyncio.to_thread(_import_database_modules)
     from svc.db import Database
-    from svc.dblog import install_slow_query_log
+    from svc.dblog import install_slow_query_log, install_statement_spans
     from svc.postgres import Purpose, connector
     from svc.probe import DatabaseProbe
     from svc.schema import SchemaCheck, read_script_heads
@@ -75,6 +75,8 @@ async def start_database(app: App, url: str, stack: AsyncExitStack) -> None:
     settings = runtime.settings
     db = Database(url, settings)
     install_slow_query_log(db.sync_engine, settings.db_slow_query_ms)
+    if runtime.tracing is not None:
+        install_statement_spans(db.sync_engine)
     stack.push_async_callback(db.dispose)
     connect = connector(url, settings, Purpose.HEALTH)
     schema = SchemaCheck(
@@ -141,6 +143,9 @@ async def lifespan(app: App) -> AsyncIterator[None]:
 
         url = await stack.enter_async_context(database_url(settings))
         stack.callback(flush_access_log)
+        if runtime.tracing is not None:
+            # Last out: the spans of the requests answered while draining are sent too (it blocks: a thread).
+            stack.push_async_callback(asyncio.to_thread, runtime.tracing.shutdown)
         if runtime.metrics is not None:
             await stack.enter_async_context(runtime.metrics.running(runtime))
         stack.enter_context(drain_on_signals(runtime, settings.shutdown_drain_seconds))
@@ -191,7 +196,7 @@ class App:
         self._described: list[BaseRoute] = []
         self.serve(routes)
         access_log = AccessLog(logging.getLogger("svc.access")) if settings.access_log else None
-        self.edge = Edge(self.router, settings, metrics=runtime.metrics, access_log=access_log)
+        self.edge = Edge(self.router, settings, metrics=runtime.metrics, access_log=access_log, tracing=runtime.tracing)
         self.lifespan_context = lifespan
         self.state = State()
 
@@ -247,6 +252,12 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
         logger.warning("SECRET_KEY is not set: using the fixed development key (allowed in %s only)", settings.app_env)
     metrics = Metrics(settings) if settings.metrics_enabled else None
     runtime = Runtime(settings, metrics)
+    if settings.tracing:
+        from svc.otel import Tracing  # OpenTelemetry is imported only when tracing is configured
+
+        tracing = runtime.tracing = Tracing(settings)
+        if metrics is not None:
+            metrics.spans_lost = lambda: tracing.lost
     builtin = [
         Route("/health", Health(runtime), methods=HEALTH_METHODS),
         Route("/health/live", Liveness(), methods=HEALTH_METHODS),

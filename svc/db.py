@@ -43,6 +43,7 @@ from svc.errors import (
 )
 from svc.postgres import Purpose, driver_error, engine_arguments
 from svc.settings import Settings
+from svc.tracing import statement_span
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -213,6 +214,7 @@ class Connection:
     async def _run(
         self, method: Callable[..., Awaitable[Any]], query: str, args: tuple[Any, ...], **kwargs: Any
     ) -> Any:
+        span = statement_span(query)  # None unless the request's span is recorded
         start = time.perf_counter()
         try:
             if self._savepoints:
@@ -220,12 +222,17 @@ class Connection:
                     result = await method(query, *args, **kwargs)
             else:
                 result = await method(query, *args, **kwargs)
-        except BaseException:
+        except BaseException as exc:
             if (elapsed := time.perf_counter() - start) >= self._threshold:
                 log_slow_statement(query, elapsed, failed=True)
+            if span is not None:
+                span.failed(exc)
+                span.end()
             raise
         if (elapsed := time.perf_counter() - start) >= self._threshold:
             log_slow_statement(query, elapsed, failed=False)
+        if span is not None:
+            span.end()
         return result
 
 

@@ -1,7 +1,9 @@
 """The slow-statement log: SQL that took at least `DB_SLOW_QUERY_MS`, at WARNING, with its text but never its parameters.
 
 SQLAlchemy's statements are timed by engine events (`install_slow_query_log`); the fast path
-(`svc.db.Connection`) times its own and logs through `log_slow_statement`, in the same shape.
+(`svc.db.Connection`) times its own and logs through `log_slow_statement`, in the same shape. With
+tracing on, `install_statement_spans` gives SQLAlchemy's statements spans the same way (the fast
+path makes its own through `svc.tracing.statement_span`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
+from svc.tracing import statement_span
+
 if TYPE_CHECKING:  # the asyncio extension imports the ORM: not needed to install the log
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["MAX_STATEMENT_CHARS", "install_slow_query_log", "log_slow_statement"]
+__all__ = ["MAX_STATEMENT_CHARS", "install_slow_query_log", "install_statement_spans", "log_slow_statement"]
 
 logger = logging.getLogger("svc.db.slow")
 #: Statements are cut to this many characters: enough to recognise one, not enough to flood the log.
 MAX_STATEMENT_CHARS = 1000
 _STARTED = "svc.statement_started"
+_SPAN = "svc.statement_span"
 
 
 def _one_line(statement: str) -> str:
@@ -53,6 +58,30 @@ def install_slow_query_log(engine: AsyncEngine | Engine, threshold_ms: float) ->
         start = conn.info.pop(_STARTED, None) if conn is not None else None
         if start is not None and statement is not None and (elapsed := time.perf_counter() - start) >= threshold:
             log_slow_statement(statement, elapsed, failed=True)
+
+    event.listen(target, "before_cursor_execute", started, named=True)
+    event.listen(target, "after_cursor_execute", finished, named=True)
+    event.listen(target, "handle_error", failed)
+
+
+def install_statement_spans(engine: AsyncEngine | Engine) -> None:
+    """Give every statement on `engine` run while a request's span is recorded a child span (`svc.tracing`):
+    its text, never its parameters; a failed statement's span is marked failed with the error's type."""
+    target = engine if isinstance(engine, Engine) else engine.sync_engine
+
+    def started(conn: Connection, statement: str, **_: Any) -> None:
+        if (span := statement_span(statement)) is not None:
+            conn.info[_SPAN] = span
+
+    def finished(conn: Connection, **_: Any) -> None:
+        if (span := conn.info.pop(_SPAN, None)) is not None:
+            span.end()
+
+    def failed(ctx: ExceptionContext) -> None:
+        conn = ctx.connection
+        if conn is not None and (span := conn.info.pop(_SPAN, None)) is not None:
+            span.failed(ctx.original_exception)
+            span.end()
 
     event.listen(target, "before_cursor_execute", started, named=True)
     event.listen(target, "after_cursor_execute", finished, named=True)

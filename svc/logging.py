@@ -13,12 +13,19 @@ from typing import Any, NamedTuple, TextIO
 
 import msgspec
 
-from svc.context import request_id
+from svc.context import request_id, trace
 
 __all__ = ["ConsoleFormatter", "JsonFormatter", "Line", "LineFormatter", "SvcHandler", "configure_logging"]
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
-_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id", "taskName"}
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "taskName",
+}
 _encoder = msgspec.json.Encoder()
 
 
@@ -31,15 +38,18 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamp each record with the id of the request being handled (None outside requests)."""
+    """Stamp each record with the id and the trace context (`trace_id`, `span_id`) of the request being
+    handled (None outside requests, and for the trace without one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        context = trace.get()
+        record.trace_id, record.span_id = (None, None) if context is None else (context.trace_id, context.span_id)
         return True
 
 
 class Line(NamedTuple):
-    """The fields of one log line."""
+    """The fields of one log line (`trace_id` and `span_id`: the request's trace context, when it has one)."""
 
     timestamp: str
     level: str
@@ -48,6 +58,8 @@ class Line(NamedTuple):
     request_id: str | None
     extras: dict[str, Any]
     exception: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 class LineFormatter(logging.Formatter):
@@ -56,8 +68,18 @@ class LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         exception = self.formatException(record.exc_info) if record.exc_info else None
         rid = getattr(record, "request_id", None)
-        fields = Line(_timestamp(record), record.levelname, record.name, record.getMessage(), rid, _extras(record))
-        return self.line(fields._replace(exception=exception)).decode()
+        fields = Line(
+            _timestamp(record),
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            rid,
+            _extras(record),
+            exception,
+            getattr(record, "trace_id", None),
+            getattr(record, "span_id", None),
+        )
+        return self.line(fields).decode()
 
     def line(self, fields: Line) -> bytes:
         """The line for these fields, without its newline (also what `svc.access` writes without a record)."""
@@ -65,7 +87,8 @@ class LineFormatter(logging.Formatter):
 
 
 class JsonFormatter(LineFormatter):
-    """One JSON object per line: timestamp, level, logger, message, request_id, any extras, and the exception."""
+    """One JSON object per line: timestamp, level, logger, message, request_id, trace_id and span_id (when there
+    is a trace context), any extras, and the exception."""
 
     def line(self, fields: Line) -> bytes:
         entry: dict[str, Any] = {
@@ -75,6 +98,9 @@ class JsonFormatter(LineFormatter):
             "message": fields.message,
             "request_id": fields.request_id,
         }
+        if fields.trace_id is not None:
+            entry["trace_id"] = fields.trace_id
+            entry["span_id"] = fields.span_id
         entry.update(fields.extras)
         if fields.exception is not None:
             entry["exception"] = fields.exception
@@ -87,14 +113,18 @@ class ConsoleFormatter(LineFormatter):
     def line(self, fields: Line) -> bytes:
         line = f"{fields.timestamp} {fields.level:<8} {fields.logger}: {fields.message}"
         if fields.request_id:
-            line += f" [request_id={fields.request_id}]"
+            line += f" [request_id={fields.request_id}"
+            if fields.trace_id is not None:
+                line += f" trace_id={fields.trace_id} span_id={fields.span_id}"
+            line += "]"
         if fields.exception is not None:
             line += "\n" + fields.exception
         return line.encode()
 
 
 class SvcHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The handler `configure_logging` installs: svc's format, on stderr, every line stamped with its request id."""
+    """The handler `configure_logging` installs: svc's format, on stderr, every line stamped with its request id
+    and trace context."""
 
     formatter: LineFormatter
 

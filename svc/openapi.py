@@ -71,6 +71,11 @@ _SERVER_TIMING = {
 _NO_STORE = {"description": "Never cached.", "required": True, "schema": {"const": "no-store"}}
 
 
+def _common_parameters() -> list[dict[str, Any]]:
+    """The request headers every operation takes: `X-Request-ID` and the trace context."""
+    return [{"$ref": f"#/components/parameters/{name}"} for name in ("X-Request-ID", "traceparent", "tracestate")]
+
+
 def _header_components(settings: Settings) -> dict[str, Any]:
     headers = {"X-Request-ID": _REQUEST_ID, "Server-Timing": _SERVER_TIMING, "Cache-Control": _NO_STORE}
     for name, value in security_headers(settings):
@@ -162,7 +167,7 @@ def _health_operation(
         "tags": ["health"],
         "summary": summary,
         "description": description,
-        "parameters": [{"$ref": "#/components/parameters/X-Request-ID"}],
+        "parameters": _common_parameters(),
     }
     if guarded and settings.health_show_details is Details.WHEN_AUTHORIZED:
         # Optional: without a token the answer has no details; a wrong one is a 401.
@@ -178,7 +183,7 @@ def _metrics_operation(settings: Settings) -> dict[str, Any]:
         "tags": ["metrics"],
         "summary": "Prometheus metrics",
         "description": "The Prometheus text format, or OpenMetrics when `Accept` asks for it.",
-        "parameters": [{"$ref": "#/components/parameters/X-Request-ID"}],
+        "parameters": _common_parameters(),
     }
     responses: dict[str, Any] = {
         "200": {
@@ -315,7 +320,7 @@ class _Declared:
         if route.tags:
             operation["tags"] = list(route.tags)
         operation["parameters"] = [
-            {"$ref": "#/components/parameters/X-Request-ID"},
+            *_common_parameters(),
             *self._path_parameters(route),
             *self._query_parameters(route),
         ]
@@ -415,7 +420,24 @@ def build_openapi(settings: Settings, routes: Iterable[BaseRoute]) -> dict[str, 
                 "description": "The caller's id for the request: echoed when it matches `[A-Za-z0-9._:-]{1,128}`, "
                 "replaced by a new one otherwise (never an error).",
                 "schema": {"type": "string"},
-            }
+            },
+            "traceparent": {
+                "name": "traceparent",
+                "in": "header",
+                "required": False,
+                "description": "The caller's W3C Trace Context (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`): "
+                "the request joins its trace (its log lines carry `trace_id` and `span_id`; with tracing on, its span "
+                "is a child of the caller's). An invalid value is ignored (never an error, never echoed).",
+                "schema": {"type": "string"},
+            },
+            "tracestate": {
+                "name": "tracestate",
+                "in": "header",
+                "required": False,
+                "description": "Vendor trace data that goes with `traceparent` (W3C Trace Context); kept when at "
+                "most 512 printable characters, ignored without a valid `traceparent`.",
+                "schema": {"type": "string"},
+            },
         },
     }
     if not settings.health_show_details.public:

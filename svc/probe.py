@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from svc.clock import utc_now
+from svc.tracing import traced_probe
 
 __all__ = ["DatabaseProbe", "ProbeResult", "utc_now"]
 
@@ -170,6 +171,7 @@ class DatabaseProbe:
         finally:
             self._opening = None
 
+    @traced_probe  # a child span of the request that started the check, when it is traced
     async def _measure(self) -> ProbeResult:
         start = time.perf_counter()
         try:

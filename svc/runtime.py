@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from svc.db import Database
     from svc.metrics import Metrics
+    from svc.otel import Tracing
     from svc.probe import DatabaseProbe
     from svc.schema import SchemaCheck
 
@@ -60,6 +61,7 @@ class Runtime:
     probe: DatabaseProbe | None = None
     schema: SchemaCheck | None = None
     startup: asyncio.Task[None] | None = None
+    tracing: Tracing | None = None  # OpenTelemetry, when configured (`Settings.tracing`)
 
     async def wait_started(self, deadline: float) -> Phase:
         """The phase once the background start-up has finished, or at `deadline` (a `loop.time()`) if sooner."""

@@ -26,6 +26,15 @@ PLACEHOLDER_SECRETS = frozenset(
 DATABASE_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 MASK = "********"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: `OTEL_TRACES_SAMPLER` values (OpenTelemetry's built-in samplers).
+TRACES_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
 
 
 class Environment(StrEnum):
@@ -140,6 +149,12 @@ class Settings:
     migration_lock_timeout: float = 0.1
     migration_statement_timeout: float = 0.0
     migration_lock_retries: int = 5
+    # OpenTelemetry (the standard OTEL_* variables): spans are exported when an endpoint is set (`tracing`).
+    otel_service_name: str = "svc"
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_traces_sampler: str = "parentbased_always_on"
+    otel_traces_sampler_arg: float | None = None
+    otel_sdk_disabled: bool = False
 
     def __post_init__(self) -> None:
         # Options given as plain strings (dataclasses.replace in tests, code building Settings) become their enums.
@@ -150,6 +165,11 @@ class Settings:
     @property
     def is_development(self) -> bool:
         return self.app_env is Environment.DEVELOPMENT
+
+    @property
+    def tracing(self) -> bool:
+        """Whether spans are made and exported: an OTLP endpoint is set and the SDK is not disabled."""
+        return self.otel_exporter_otlp_endpoint is not None and not self.otel_sdk_disabled
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration by variable name, with secrets masked."""
@@ -373,6 +393,16 @@ def _not_blank(value: str) -> None:
         raise ma.ValidationError("Must not be empty (it would mean the working directory): unset it for the default.")
 
 
+def _otlp_endpoint(value: str) -> None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError:
+        raise ma.ValidationError("Not a valid URL.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ma.ValidationError("Must be an http:// or https:// URL with a host (OTLP/HTTP).")
+
+
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
     """Read the environment (and `env_file` in the working directory, if present) into `Settings`.
 
@@ -473,6 +503,15 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         "migration_lock_retries": env.int(
             "MIGRATION_LOCK_RETRIES", default=d.migration_lock_retries, validate=ma.validate.Range(0, 100)
         ),
+        "otel_service_name": env.str(
+            "OTEL_SERVICE_NAME", default=d.otel_service_name, validate=ma.validate.Length(1, 255)
+        ),
+        "otel_exporter_otlp_endpoint": env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default=None, validate=_otlp_endpoint),
+        "otel_traces_sampler": env.str(
+            "OTEL_TRACES_SAMPLER", default=d.otel_traces_sampler, validate=ma.validate.OneOf(TRACES_SAMPLERS)
+        ),
+        "otel_traces_sampler_arg": env.float("OTEL_TRACES_SAMPLER_ARG", default=None, validate=ma.validate.Range(0, 1)),
+        "otel_sdk_disabled": env.bool("OTEL_SDK_DISABLED", default=d.otel_sdk_disabled),
     }
     try:
         env.seal()

@@ -36,7 +36,14 @@ async def holding(request: Request) -> JSONResponse:
     return JSONResponse({"holding": getattr(request.app.state, "holding", 0)})
 
 
-ROUTES = [Route("/hold", hold), Route("/holding", holding)]
+async def fast(request: Request) -> JSONResponse:
+    """One statement on the fast path (`svc.db.Connection`): 41 + 1."""
+    async with request.app.runtime.database().connection() as conn:
+        answer = await conn.fetchval("SELECT $1::int + 1", 41)
+    return JSONResponse({"answer": answer})
+
+
+ROUTES = [Route("/hold", hold), Route("/holding", holding), Route("/fast", fast)]
 
 
 def create_test_app() -> App:

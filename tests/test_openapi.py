@@ -352,8 +352,26 @@ def test_query_structs_and_path_convertors_are_parameters(
     for method in ("get", "head"):
         assert document["paths"][path][method]["parameters"] == [
             {"$ref": "#/components/parameters/X-Request-ID"},
+            {"$ref": "#/components/parameters/traceparent"},
+            {"$ref": "#/components/parameters/tracestate"},
             *parameters,
         ]
+
+
+def test_every_operation_that_takes_a_request_id_takes_the_trace_context_headers(document: dict[str, Any]) -> None:
+    described = [
+        [p.get("$ref") for p in operation["parameters"]]
+        for path_item in document["paths"].values()
+        for operation in path_item.values()
+        if {"$ref": "#/components/parameters/X-Request-ID"} in operation.get("parameters", [])
+    ]
+    assert len(described) > 10
+    for refs in described:
+        assert "#/components/parameters/traceparent" in refs
+        assert "#/components/parameters/tracestate" in refs
+    traceparent = document["components"]["parameters"]["traceparent"]
+    assert traceparent["in"] == "header"
+    assert not traceparent["required"]
 
 
 @pytest.mark.parametrize(
@@ -371,7 +389,8 @@ def test_path_parameters_take_their_schema_from_the_convertor(
 ) -> None:
     routes = [Route(f"/things/{{thing:{convertor}}}", undescribed, responses={204: None})]
     operation = built_document(create_app(make_settings(), routes=routes))["paths"]["/things/{thing}"]["get"]
-    assert operation["parameters"][1:] == [{"name": "thing", "in": "path", "required": True, "schema": schema}]
+    declared = [p for p in operation["parameters"] if "$ref" not in p]
+    assert declared == [{"name": "thing", "in": "path", "required": True, "schema": schema}]
 
 
 REQUEST_ERRORS = {"400", "404", "413", "415", "422", "431", "500"}

@@ -20,17 +20,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from svc.context import UNMATCHED, request_id
+from svc.context import UNMATCHED, TraceContext, request_id, trace
 from svc.errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, ServiceError, render
 from svc.http.headers import security_headers
 from svc.http.hosts import AllowedHosts, allows_any_host
 from svc.http.request_id import HEADER, new_request_id, well_formed
 from svc.http.routing import Router, Target
 from svc.settings import Settings
+from svc.tracing import incoming
 
 if TYPE_CHECKING:
     from svc.access import AccessLog
     from svc.metrics import Metrics
+    from svc.otel import ServerSpan, Tracing
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_HEADER_COUNT", "Edge", "server_timing"]
 
@@ -67,6 +69,16 @@ def user_agent(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+#: A traced request: the token of its `svc.context.trace` value, and its server span when tracing is on.
+Traced = tuple[Token[TraceContext | None], "ServerSpan | None"]
+
+
+def tracestate(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's `tracestate`, its fields joined by commas (RFC 9110 list syntax); None without one."""
+    values = [value for name, value in headers if name == b"tracestate"]
+    return b",".join(values) if values else None
+
+
 class _Passthrough:
     """A `send` for an app that sends for itself: the edge's headers added, what is sent noted.
 
@@ -98,6 +110,9 @@ class Edge:
 
     - Its id: a well-formed inbound `X-Request-ID`, or a new one; in `svc.context.request_id` for
       logs and problem bodies, and echoed on the response.
+    - Its trace context, in `svc.context.trace` for logs: with `tracing`, the request's server span
+      (a child of a valid inbound `traceparent`, else a new trace); without, a valid inbound
+      `traceparent` as it came (nothing when there is none). An invalid one is ignored, never echoed.
     - Its refusals, before any endpoint runs: a head over `MAX_HEADER_COUNT` fields or
       `MAX_HEADER_BYTES` bytes (431), a `Host` outside `ALLOWED_HOSTS` (400), a `Content-Length`
       that is not a number (400) or over `MAX_BODY_BYTES` (413); a streamed body is cut off at
@@ -106,11 +121,18 @@ class Edge:
     - The headers every response carries: `Server-Timing: app;dur=`, `X-Request-ID`, the security headers.
     - The last resort: an exception is logged, its text never sent, and answered with a problem
       (500 unless it is a `ServiceError`) unless the response has begun.
-    - Its record: `metrics` counts and times it, `access_log` writes its line (HEAD bodies count 0 bytes).
+    - Its record: `metrics` counts and times it (with the trace id of a recorded span as the exemplar),
+      `access_log` writes its line (HEAD bodies count 0 bytes), `tracing` ends its span.
     """
 
     def __init__(
-        self, router: Router, settings: Settings, *, metrics: Metrics | None, access_log: AccessLog | None
+        self,
+        router: Router,
+        settings: Settings,
+        *,
+        metrics: Metrics | None,
+        access_log: AccessLog | None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.router = router
         self.headers = security_headers(settings)
@@ -118,13 +140,15 @@ class Edge:
         self.max_body_bytes = settings.max_body_bytes
         self.metrics = metrics
         self.access_log = access_log
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.websocket(scope, receive, send)
         start = _clock()
-        rid, rid_header, refusal, streamed = self.inspect(scope["headers"])
+        rid, rid_header, refusal, streamed, context = self.inspect(scope["headers"])
         token = request_id.set(rid)
+        traced = None if context is None and self.tracing is None else self.traced(scope, context)
         if self.metrics is not None:
             self.metrics.in_flight += 1
         head = scope["method"] == "HEAD"
@@ -148,7 +172,7 @@ class Edge:
             except Exception as exc:
                 if passthrough is not None and passthrough.status:
                     raise  # its response has begun: nothing else can be sent
-                response = render(exc, scope)  # logged there when unexpected
+                response = self.failed(exc, scope, traced)
             # The one place svc sends a response: the edge's headers first, the body (none for HEAD).
             status = response.status_code
             body = b"" if head else response.body
@@ -164,22 +188,40 @@ class Edge:
         finally:
             if passthrough is not None:
                 status, size = passthrough.status, passthrough.size
-            self.done(scope, status, size, start, token)
+            self.done(scope, status, size, start, token, traced)
 
-    def done(self, scope: Scope, status: int, size: int, start: float, token: Token[str | None]) -> None:
-        """Record the request (metrics, access line) and leave its context; no status means none was sent."""
+    def traced(self, scope: Scope, context: TraceContext | None) -> Traced:
+        """Enter the request's trace context (its server span's, with `tracing`, else the caller's `context`)."""
+        span = None if self.tracing is None else self.tracing.start(scope, context)
+        return trace.set(context if span is None else span.context), span
+
+    @staticmethod
+    def failed(exc: Exception, scope: Scope, traced: Traced | None) -> Response:
+        """The problem that answers `exc` (logged there when unexpected), noted on the request's span."""
+        if traced is not None and traced[1] is not None:
+            traced[1].failed(exc)
+        return render(exc, scope)
+
+    def done(  # noqa: PLR0917 - the hot path: positional arguments are the cheapest to pass
+        self, scope: Scope, status: int, size: int, start: float, token: Token[str | None], traced: Traced | None
+    ) -> None:
+        """Record the request (metrics, access line, span) and leave its context; no status means none was sent."""
         try:
             metrics = self.metrics
             if metrics is not None:
                 metrics.in_flight -= 1
-            if metrics is None and self.access_log is None:
+            if metrics is None and self.access_log is None and traced is None:
                 return
             route = scope.get("route")
             template = UNMATCHED if route is None else getattr(route, "path", UNMATCHED)
             # No response at all (or none begun when cancelled): the server answers 500.
             status, seconds = status or 500, _clock() - start
+            exemplar = None
+            if traced is not None and (span := traced[1]) is not None and self.tracing is not None:
+                self.tracing.finish(span, scope["method"], template, status)
+                exemplar = span.exemplar
             if metrics is not None:
-                metrics.observe(scope["method"], template, status, seconds)
+                metrics.observe(scope["method"], template, status, seconds, exemplar)
             log = self.access_log
             if log is not None and log.logger.isEnabledFor(logging.INFO):
                 client = scope.get("client")
@@ -195,16 +237,20 @@ class Edge:
                 )
         finally:
             request_id.reset(token)
+            if traced is not None:
+                trace.reset(traced[0])
 
-    def inspect(
+    def inspect(  # noqa: PLR0912 - one pass reads every header the edge needs
         self, headers: Sequence[tuple[bytes, bytes]]
-    ) -> tuple[str, tuple[bytes, bytes], ServiceError | None, bool]:
-        """A request's id and `X-Request-ID` header, why it is refused (or None), and whether its body is streamed."""
+    ) -> tuple[str, tuple[bytes, bytes], ServiceError | None, bool, TraceContext | None]:
+        """A request's id and `X-Request-ID` header, why it is refused (or None), whether its body is streamed,
+        and the caller's trace context (None without a valid `traceparent`; two of them are ambiguous: none)."""
         rid: str | None = None
         size = 0
         streamed = False
         length: bytes | None = None
         hosts: list[bytes] | None = None if self.hosts is None else []
+        traceparent: bytes | None = None
         for name, value in headers:
             size += len(name) + len(value)
             if name == HEADER:
@@ -216,6 +262,8 @@ class Edge:
                 streamed = True
             elif name == b"host" and hosts is not None:
                 hosts.append(value)
+            elif name == b"traceparent":
+                traceparent = value if traceparent is None else b""
         refusal: ServiceError | None = None
         if size > MAX_HEADER_BYTES or len(headers) > MAX_HEADER_COUNT:
             refusal = HeaderFieldsTooLarge(_HEAD_DETAIL)
@@ -226,9 +274,10 @@ class Edge:
                 refusal = BadRequest("The Content-Length header is not a number.")
             elif int(length) > self.max_body_bytes:
                 refusal = ContentTooLarge()
+        context = None if traceparent is None else incoming(traceparent, tracestate(headers))
         if rid is None:
-            return (*new_request_id(), refusal, streamed)
-        return rid, (HEADER, rid.encode()), refusal, streamed
+            return (*new_request_id(), refusal, streamed, context)
+        return rid, (HEADER, rid.encode()), refusal, streamed, context
 
     def limited(self, receive: Receive) -> Receive:
         """`receive`, raising `ContentTooLarge` once the body passes `MAX_BODY_BYTES`."""

@@ -26,14 +26,15 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from svc.metrics.endpoint import MetricsEndpoint
 from svc.metrics.exposition import LATENCY_BUCKETS, Exposition
 from svc.metrics.files import WorkerFile, default_base, open_run, read_run, run_directory, sweep
-from svc.metrics.report import Report, Runtime, Series, combine, gauges
+from svc.metrics.report import Exemplar, Family, Report, Runtime, Sample, Series, combine, gauges
 from svc.settings import Settings
 
 __all__ = ["LATENCY_BUCKETS", "REFRESH_SECONDS", "Metrics", "MetricsEndpoint", "Runtime", "run_directory"]
@@ -65,6 +66,10 @@ class Metrics:
         self.in_flight = 0
         # (method, route, status) -> [count per bucket (the last is +Inf), sum of seconds]
         self.series: dict[tuple[str, str, int], list[float]] = {}
+        # (method, route, status) -> the last traced request of each bucket (tracing on only).
+        self.exemplars: dict[tuple[str, str, int], list[Exemplar | None]] = {}
+        #: Trace spans lost by the exporter so far, when tracing is on (`svc_trace_spans_lost_total`).
+        self.spans_lost: Callable[[], int] | None = None
         self.multiprocess_dir: Path | None = None
         self._file: WorkerFile | None = None
         if settings.metrics_dir is not None or multiprocessing.parent_process() is not None:
@@ -83,13 +88,23 @@ class Metrics:
                 self._file = WorkerFile(self.multiprocess_dir)
         self._exposition: Exposition | None = None
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Record one answered request (the hot path: a dict lookup, a bisection and two additions)."""
+    def observe(self, method: str, route: str, status: int, seconds: float, trace_id: str | None = None) -> None:
+        """Record one answered request (the hot path: a dict lookup, a bisection and two additions).
+
+        `trace_id`, the trace of a request whose span is exported, becomes its bucket's exemplar.
+        """
         tally = self.series.get((method, route, status))
         if tally is None:
             tally = self._tally(method, route, status)
-        tally[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        bucket = bisect_left(LATENCY_BUCKETS, seconds)
+        tally[bucket] += 1
         tally[-1] += seconds
+        if trace_id is not None:
+            key = (method if method in METHODS else OTHER_METHOD, route, status)
+            exemplars = self.exemplars.get(key)
+            if exemplars is None:
+                exemplars = self.exemplars[key] = [None] * (len(LATENCY_BUCKETS) + 1)
+            exemplars[bucket] = Exemplar(trace_id, seconds, time.time())
 
     def _tally(self, method: str, route: str, status: int) -> list[float]:
         # Methods outside the standard ones share one label, and are looked up under it each time,
@@ -102,14 +117,19 @@ class Metrics:
 
     def report(self, runtime: Runtime | None) -> Report:
         """This process's report; without `runtime` (a worker that stops), nothing read from the runtime."""
-        requests = [
-            Series(method, route, status, list(tally)) for (method, route, status), tally in self.series.items()
-        ]
+        requests = [Series(*key, list(tally), self._exemplars_of(key)) for key, tally in self.series.items()]
         families = self._collectors().process_families()
+        if self.spans_lost is not None:
+            lost = Sample("svc_trace_spans_lost_total", {}, float(self.spans_lost()))
+            families.append(Family("svc_trace_spans_lost", "Trace spans the exporter lost.", "counter", [lost]))
         if runtime is None:
             return Report(requests, families)
         pool, checks, latency = gauges(runtime)
         return Report(requests, families, self.in_flight, pool, checks, latency)
+
+    def _exemplars_of(self, key: tuple[str, str, int]) -> list[Exemplar | None] | None:
+        exemplars = self.exemplars.get(key)
+        return None if exemplars is None else list(exemplars)
 
     def render(self, runtime: Runtime, accept: str) -> tuple[bytes, str]:
         """The exposition for a scrape, in the format `accept` asks for (plain text when it asks for none

@@ -16,6 +16,7 @@ from svc.settings import Settings
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
+    from prometheus_client.samples import Exemplar as PrometheusExemplar
 
 __all__ = ["HEALTH_STATUSES", "LATENCY_BUCKETS", "Exposition"]
 
@@ -59,6 +60,7 @@ class Exposition:
     def families(self, report: Report) -> list[Metric]:
         """Every family `/metrics` shows for `report`."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+        from prometheus_client.samples import Exemplar as PrometheusExemplar
 
         shown: list[Metric] = [
             self.build_info,
@@ -91,7 +93,17 @@ class Exposition:
         for series in report.requests:
             labels = (series.method, series.route, str(series.status))
             cumulative = list(accumulate(series.tally[:-1]))
-            latency.add_metric(labels, list(zip(_BOUNDS, cumulative, strict=True)), series.tally[-1])
+            buckets: list[tuple[str, float] | tuple[str, float, PrometheusExemplar]]
+            buckets = list(zip(_BOUNDS, cumulative, strict=True))
+            if series.exemplars is not None:
+                # Only OpenMetrics shows them (the text format has no exemplars).
+                buckets = [
+                    bucket
+                    if e is None
+                    else (*bucket, PrometheusExemplar({"trace_id": e.trace_id}, e.seconds, e.timestamp))
+                    for bucket, e in zip(buckets, series.exemplars, strict=True)
+                ]
+            latency.add_metric(labels, buckets, series.tally[-1])
             total.add_metric(labels, cumulative[-1])
         shown += [health, probe, latency, total, *self.platform.collect()]
         for family in report.families:

@@ -25,12 +25,32 @@ if TYPE_CHECKING:
     from svc.probe import ProbeResult
     from svc.schema import SchemaStatus
 
-__all__ = ["Check", "Family", "Latency", "Pool", "Report", "Runtime", "Sample", "Series", "combine", "gauges"]
+__all__ = [
+    "Check",
+    "Exemplar",
+    "Family",
+    "Latency",
+    "Pool",
+    "Report",
+    "Runtime",
+    "Sample",
+    "Series",
+    "combine",
+    "gauges",
+]
 
 PROBE_CHECK = "postgresql:responseTime"
 SCHEMA_CHECK = "postgresql:migrations"
 #: Gauge families that are the earliest value of all the run's workers rather than the live workers' sum.
 EARLIEST = frozenset({"process_start_time_seconds"})
+
+
+class Exemplar(msgspec.Struct, frozen=True, array_like=True):
+    """A traced request of a latency bucket: its trace id, its seconds and when it was answered (Unix time)."""
+
+    trace_id: str
+    seconds: float
+    timestamp: float
 
 
 class Series(msgspec.Struct, array_like=True):
@@ -41,6 +61,8 @@ class Series(msgspec.Struct, array_like=True):
     status: int
     # The count in each latency bucket (the last is +Inf), then the sum of their seconds.
     tally: list[float]
+    # The last traced request of each bucket (None: none); None when tracing never recorded one.
+    exemplars: list[Exemplar | None] | None = None
 
 
 class Pool(msgspec.Struct, frozen=True, array_like=True):
@@ -137,6 +159,7 @@ def gauges(runtime: Runtime) -> tuple[Pool | None, dict[str, Check], Latency | N
 def combine(reports: Iterable[tuple[Report, bool]]) -> Report:
     """The reports of a run's workers, each with whether that worker is live, added up by the rules above."""
     tallies: dict[tuple[str, str, int], list[float]] = {}
+    exemplars: dict[tuple[str, str, int], list[Exemplar | None]] = {}
     families: dict[str, tuple[Family, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]]] = {}
     in_flight = 0
     pool: Pool | None = None
@@ -149,6 +172,8 @@ def combine(reports: Iterable[tuple[Report, bool]]) -> Report:
                 tallies[key] = list(series.tally)
             else:
                 tallies[key] = [a + b for a, b in zip(tally, series.tally, strict=True)]
+            if series.exemplars is not None:
+                exemplars[key] = _latest(exemplars.get(key), series.exemplars)
         for family in report.families:
             _, samples = families.setdefault(family.name, (family, {}))
             for sample in family.samples:
@@ -166,7 +191,10 @@ def combine(reports: Iterable[tuple[Report, bool]]) -> Report:
         ):
             latency = report.probe_latency
     return Report(
-        requests=[Series(method, route, status, tally) for (method, route, status), tally in tallies.items()],
+        requests=[
+            Series(method, route, status, tally, exemplars.get((method, route, status)))
+            for (method, route, status), tally in tallies.items()
+        ],
         families=[
             Family(family.name, family.documentation, family.type, list(samples.values()))
             for family, samples in families.values()
@@ -188,6 +216,15 @@ def _add(
             samples[key] = sample
     elif family.type == "counter" or live:
         samples[key] = sample if seen is None else Sample(sample.name, sample.labels, seen.value + sample.value)
+
+
+def _latest(seen: list[Exemplar | None] | None, more: list[Exemplar | None]) -> list[Exemplar | None]:
+    """Per bucket, the later of two workers' exemplars."""
+    if seen is None:
+        return list(more)
+    return [
+        b if a is None or (b is not None and b.timestamp > a.timestamp) else a for a, b in zip(seen, more, strict=True)
+    ]
 
 
 def _sum(a: Pool, b: Pool) -> Pool:

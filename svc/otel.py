@@ -1,0 +1,320 @@
+"""OpenTelemetry export: a server span per request, child spans for SQL and the health probe, OTLP/HTTP out.
+
+Imported by `create_app` only when tracing is configured (`Settings.tracing`: `OTEL_EXPORTER_OTLP_ENDPOINT`
+set and `OTEL_SDK_DISABLED` not true); nothing else in svc imports it, so a service without tracing
+never loads OpenTelemetry.
+
+Export never holds up a request: ended spans go to a queue of `MAX_QUEUE_SPANS` that the SDK's batch
+processor sends from its own thread (`OTEL_EXPORTER_OTLP_TIMEOUT` bounds each send, retries
+included). Spans that could not be sent, or found the queue full, are lost: counted
+(`svc_trace_spans_lost_total` on `/metrics`) and logged once per process, never retried, never
+slowing or failing a request. The SDK's own export warnings are silenced in favour of that line.
+
+Only what is safe to show leaves the process: span attributes are the HTTP semantic conventions'
+method, path (never the query string), route template, status, scheme, protocol, client address and a
+bounded User-Agent; SQL text without its parameters; exception types, never their messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from starlette.types import Scope
+
+from svc.context import UNMATCHED, TraceContext
+from svc.http.edge import user_agent
+from svc.settings import Settings
+from svc.tracing import ChildSpan
+
+__all__ = ["MAX_QUEUE_SPANS", "MAX_STATEMENT_CHARS", "ServerSpan", "Tracing", "sampler", "traces_endpoint"]
+
+logger = logging.getLogger("svc.tracing")
+#: Ended spans waiting for export; when full, the oldest is dropped (and counted).
+MAX_QUEUE_SPANS = 2048
+#: SQL text on a span is one line of at most this many characters.
+MAX_STATEMENT_CHARS = 1000
+#: At shutdown, how long the spans still queued may take to leave.
+SHUTDOWN_SECONDS = 2.0
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+# The SDK logs every failed batch (and every retry); `_Loss` logs the first loss instead.
+_CHATTY_LOGGERS = ("opentelemetry.exporter.otlp.proto.http", "opentelemetry.sdk._shared_internal")
+
+
+def traces_endpoint(base: str) -> str:
+    """The OTLP/HTTP traces URL for `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL: `v1/traces` is appended, per the spec)."""
+    return base.rstrip("/") + "/v1/traces"
+
+
+def sampler(name: str, arg: float | None) -> sampling.Sampler:
+    """The sampler `OTEL_TRACES_SAMPLER` names; `arg` is the ratio of the `traceidratio` ones (1.0 when unset)."""
+    ratio = 1.0 if arg is None else arg
+    match name:
+        case "always_on":
+            return sampling.ALWAYS_ON
+        case "always_off":
+            return sampling.ALWAYS_OFF
+        case "traceidratio":
+            return sampling.TraceIdRatioBased(ratio)
+        case "parentbased_always_off":
+            return sampling.ParentBased(sampling.ALWAYS_OFF)
+        case "parentbased_traceidratio":
+            return sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
+        case _:
+            return sampling.ParentBased(sampling.ALWAYS_ON)
+
+
+class _Loss:
+    """Spans lost on the way out, counted; the first loss logged (once per process).
+
+    `dropped` is written on the event loop's thread (a full queue), `failed` on the export thread:
+    each counter has one writer.
+    """
+
+    def __init__(self) -> None:
+        self.ended = 0  # spans given to the queue
+        self.handed = 0  # spans taken from it by the exporter
+        self.dropped = 0
+        self.failed = 0
+        self._logged = threading.Event()
+
+    @property
+    def lost(self) -> int:
+        return self.dropped + self.failed
+
+    def waiting(self) -> int:
+        return self.ended - self.handed - self.dropped
+
+    def report(self, why: str) -> None:
+        if not self._logged.is_set():
+            self._logged.set()
+            logger.warning(
+                "Trace spans are being lost (%s): they are counted in svc_trace_spans_lost_total, "
+                "and this is logged once",
+                why,
+            )
+
+
+class _CountingExporter(SpanExporter):
+    """The OTLP exporter, with every span it fails to send counted as lost."""
+
+    def __init__(self, exporter: SpanExporter, loss: _Loss) -> None:
+        self.exporter = exporter
+        self.loss = loss
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.loss.handed += len(spans)
+        try:
+            result = self.exporter.export(spans)
+        except Exception:  # noqa: BLE001 - an exporter fault loses these spans, nothing more
+            result = SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            self.loss.failed += len(spans)
+            self.loss.report("the OTLP endpoint did not accept them")
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+class _CountingProcessor(BatchSpanProcessor):
+    """The SDK's batch processor, with the spans a full queue drops counted as lost."""
+
+    def __init__(self, exporter: _CountingExporter) -> None:
+        super().__init__(exporter, max_queue_size=MAX_QUEUE_SPANS)
+        self.loss = exporter.loss
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            loss = self.loss
+            if loss.waiting() >= MAX_QUEUE_SPANS:
+                loss.dropped += 1  # the queue drops its oldest span for this one
+                loss.report("the export queue is full")
+            loss.ended += 1
+        super().on_end(span)
+
+
+class _Child:
+    """A child span (a SQL statement, a health check)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: otel_trace.Span) -> None:
+        self.span = span
+
+    def failed(self, exc: BaseException) -> None:
+        _record_error(self.span, _type_name(exc))
+
+    def end(self) -> None:
+        self.span.end()
+
+
+class ServerSpan:
+    """A request's server span while it is answered: its OpenTelemetry context stays attached until `Tracing.finish`."""
+
+    __slots__ = ("context", "error", "span", "token")
+
+    def __init__(self, span: otel_trace.Span, token: object, context: TraceContext) -> None:
+        self.span = span
+        self.token = token
+        #: What `svc.context.trace` holds for the request (its `spans` is None unless the span is recorded).
+        self.context = context
+        #: The type of the exception an error response was rendered from, if any.
+        self.error: str | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        """Note that the response is rendered from `exc` (recorded as `error.type` if the status is 5xx)."""
+        self.error = _type_name(exc)
+
+    @property
+    def exemplar(self) -> str | None:
+        """The trace id for a metrics exemplar: only a recorded (sampled and exported) span has one."""
+        return None if self.context.spans is None else self.context.trace_id
+
+
+class Tracing:
+    """OpenTelemetry for one application: its tracer provider, the server span of each request, child spans.
+
+    Made by `create_app`; `shutdown()` (from the lifespan, in a thread: it blocks) flushes what is
+    queued within `SHUTDOWN_SECONDS`. The provider becomes OpenTelemetry's global one when none is
+    set yet, so that instrumentation a service adds joins the same traces.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.otel_exporter_otlp_endpoint is not None
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        resource = Resource.create(
+            {
+                "service.name": settings.otel_service_name,
+                "service.version": settings.app_version,
+                "deployment.environment.name": str(settings.app_env),
+            }
+        )
+        self.provider = TracerProvider(
+            sampler=sampler(settings.otel_traces_sampler, settings.otel_traces_sampler_arg), resource=resource
+        )
+        exporter = _CountingExporter(
+            OTLPSpanExporter(endpoint=traces_endpoint(settings.otel_exporter_otlp_endpoint)), _Loss()
+        )
+        self.loss = exporter.loss
+        self.processor = _CountingProcessor(exporter)
+        self.provider.add_span_processor(self.processor)
+        self.tracer = self.provider.get_tracer("svc", settings.app_version)
+        if isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider):
+            otel_trace.set_tracer_provider(self.provider)
+
+    @property
+    def lost(self) -> int:
+        """Spans lost so far: not accepted by the endpoint, or dropped from a full queue."""
+        return self.loss.lost
+
+    def start(self, scope: Scope, incoming: TraceContext | None) -> ServerSpan:
+        """Open the server span of the request `scope` (a child of the caller's span when `incoming`), and attach it."""
+        parent = None if incoming is None else _remote_parent(incoming)
+        method = scope["method"]
+        known = method in _METHODS
+        span = self.tracer.start_span(method if known else "HTTP", context=parent, kind=SpanKind.SERVER)
+        recording = span.is_recording()
+        if recording:
+            client = scope.get("client")
+            attributes: dict[str, Any] = {
+                "http.request.method": method if known else "_OTHER",
+                "url.path": scope["path"],
+                "url.scheme": scope["scheme"],
+                "network.protocol.version": scope["http_version"],
+            }
+            if not known:
+                attributes["http.request.method_original"] = method[:32]
+            if client:
+                attributes["client.address"] = client[0]
+            if (agent := user_agent(scope["headers"])) is not None:
+                attributes["user_agent.original"] = agent
+            span.set_attributes(attributes)
+        token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
+        ids = span.get_span_context()
+        context = TraceContext(
+            format(ids.trace_id, "032x"),
+            format(ids.span_id, "016x"),
+            ids.trace_flags.sampled,
+            None if incoming is None else incoming.state,
+            self if recording else None,
+        )
+        return ServerSpan(span, token, context)
+
+    def finish(self, server: ServerSpan, method: str, route: str, status: int) -> None:
+        """End the request's span: named `METHOD route-template`, with its status (an error from 500 on); detach it."""
+        span = server.span
+        if server.context.spans is not None:
+            if method not in _METHODS:
+                method = "HTTP"
+            if route == UNMATCHED:
+                span.update_name(method)
+            else:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                _record_error(span, server.error or str(status))
+        span.end()
+        otel_context.detach(server.token)  # type: ignore[arg-type]
+
+    def statement(self, statement: str) -> _Child:
+        text = " ".join(statement.split())
+        if len(text) > MAX_STATEMENT_CHARS:
+            text = text[: MAX_STATEMENT_CHARS - 1] + "…"
+        operation = text.split(" ", 1)[0].upper()
+        attributes = {"db.system.name": "postgresql", "db.query.text": text}
+        if operation.isalpha():
+            attributes["db.operation.name"] = operation
+        name = operation if operation.isalpha() else "postgresql"
+        return _Child(self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes))
+
+    def probe(self) -> _Child:
+        attributes = {"db.system.name": "postgresql", "db.query.text": "SELECT 1"}
+        return _Child(self.tracer.start_span("health postgresql", kind=SpanKind.CLIENT, attributes=attributes))
+
+    def probed(self, span: ChildSpan, status: str) -> None:
+        assert isinstance(span, _Child)
+        span.span.set_attribute("svc.health.status", status)
+        if status == "fail":
+            _record_error(span.span, "health_check_failed")
+
+    def shutdown(self) -> None:
+        """Send what is queued and stop exporting, waiting at most `SHUTDOWN_SECONDS` (an endpoint that is down
+        is retried by the SDK for longer: the process does not wait for it); say how many spans were lost."""
+        stopping = threading.Thread(target=self.provider.shutdown, name="svc-tracing-shutdown", daemon=True)
+        stopping.start()
+        stopping.join(SHUTDOWN_SECONDS)
+        if self.lost:
+            logger.warning("%d trace spans were lost in this process", self.lost)
+
+
+def _remote_parent(incoming: TraceContext) -> Context:
+    state = TraceState.from_header([incoming.state]) if incoming.state else None
+    flags = TraceFlags(TraceFlags.SAMPLED if incoming.sampled else TraceFlags.DEFAULT)
+    ids = SpanContext(int(incoming.trace_id, 16), int(incoming.span_id, 16), True, flags, state)
+    return otel_trace.set_span_in_context(NonRecordingSpan(ids), Context())
+
+
+def _type_name(exc: BaseException) -> str:
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _record_error(span: otel_trace.Span | Span, error_type: str) -> None:
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR))
