@@ -82,8 +82,9 @@ def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
 class UvicornProcess:
     """A real `uvicorn APP` subprocess on a free loopback port, started at once; its output goes to a log in `cwd`.
 
-    `prefix` goes before the interpreter (`taskset -c N`). The process has a session of its own, so
-    Ctrl-C reaches its owner only, which stops it (`stop`).
+    `command` replaces `uvicorn APP` by another server that takes `--host` and `--port` (`python -m svc serve`,
+    `scripts/run`). `prefix` goes before the interpreter (`taskset -c N`). The process has a session of its
+    own, so Ctrl-C reaches its owner only, which stops it (`stop`).
     """
 
     def __init__(
@@ -95,11 +96,13 @@ class UvicornProcess:
         *,
         name: str = "uvicorn",
         prefix: Sequence[str] = (),
+        command: Sequence[str] | None = None,
     ) -> None:
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
         self.log = cwd / f"{name}-{self.port}.log"
-        command = [*prefix, sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(self.port), *args]
+        server = [sys.executable, "-m", "uvicorn", app] if command is None else list(command)
+        command = [*prefix, *server, "--host", HOST, "--port", str(self.port), *args]
         with self.log.open("wb") as log:
             self.started_at = time.perf_counter()
             self.proc = subprocess.Popen(

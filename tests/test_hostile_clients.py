@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ import pytest
 
 from svc.protocol import LINGER_SECONDS, _Throttle
 from svc.settings import ConfigError, load_settings
-from tests.conftest import ROOT, UvicornProcess, free_port, raw_exchange, scrubbed_environ
+from tests.conftest import ROOT, UvicornProcess, raw_exchange, scrubbed_environ
 
 pytestmark = pytest.mark.e2e
 
@@ -413,34 +412,16 @@ def test_soak_idle_and_trickling_connections_as_measured_in_the_issue(
 # --- The connection limit ------------------------------------------------------------------------------------------------
 
 
-class CommandServer(UvicornProcess):
-    """`command`, a server that takes --host and --port, on a free loopback port."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, command: list[str]) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log = cwd / f"server-{self.port}.log"
-        self.started_at = time.perf_counter()
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [*command, "--host", "127.0.0.1", "--port", str(self.port)],
-                env=env,
-                cwd=cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-
 @pytest.fixture
 def command_server(database_url: str, tmp_path: Path) -> Iterator[Callable[..., UvicornProcess]]:
-    """Start `command` (see `CommandServer`) with the given variables on the test baseline, and wait for it."""
+    """Start `command` (a server taking --host and --port) with the given variables on the test baseline, and wait."""
     started: list[UvicornProcess] = []
 
     def start(command: list[str], **variables: str) -> UvicornProcess:
         env = scrubbed_environ()
         env.update(APP_ENV="test", DATABASE_URL=database_url, LOG_FORMAT="json", PYTHONPATH=str(ROOT))
         env.update(ACCESS_LOG="false", **variables)
-        server = CommandServer(env, tmp_path, command)
+        server = UvicornProcess(env, tmp_path, [], command=command, name="server")
         started.append(server)
         server.wait_ready("/health/ready")  # start-up done: it runs in the background, on the event loop
         return server

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, scrubbed_environ
+from tests.conftest import ROOT, scrubbed_environ
 from tests.support import UvicornProcess
 
 pytestmark = pytest.mark.e2e
@@ -20,29 +20,12 @@ pytestmark = pytest.mark.e2e
 SPOOFED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
 
 
-class Serve(UvicornProcess):
-    """`python -m svc serve` (uvicorn configured by svc) on a free port."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log = cwd / f"serve-{self.port}.log"
-        self.started_at = 0.0
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "svc", "serve", "--port", str(self.port)],
-                env=env,
-                cwd=cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-
 @pytest.fixture
-def serve(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Serve]]:
-    started: list[Serve] = []
+def serve(database_url: str, tmp_path: Path) -> Iterator[Callable[..., UvicornProcess]]:
+    """Start `python -m svc serve` (uvicorn configured by svc) with the given variables, and wait for it."""
+    started: list[UvicornProcess] = []
 
-    def start(**variables: str) -> Serve:
+    def start(**variables: str) -> UvicornProcess:
         env = scrubbed_environ()
         env.update(
             APP_ENV="test",
@@ -52,7 +35,7 @@ def serve(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Serve]]:
             SERVICE="tests.apps:whoami_service",
             **variables,
         )
-        server = Serve(env, tmp_path)
+        server = UvicornProcess(env, tmp_path, [], command=[sys.executable, "-m", "svc", "serve"], name="serve")
         started.append(server)
         server.wait_ready("/whoami")
         return server
@@ -62,7 +45,7 @@ def serve(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Serve]]:
         server.stop()
 
 
-def access_lines(server: Serve) -> list[dict[str, object]]:
+def access_lines(server: UvicornProcess) -> list[dict[str, object]]:
     entries = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
     return [entry for entry in entries if entry["logger"] == "svc.access" and entry["path"] == "/whoami"]
 
@@ -86,7 +69,7 @@ def access_lines(server: Serve) -> list[dict[str, object]]:
     ],
 )
 def test_forwarded_client_and_scheme_are_believed_only_from_trusted_proxies(
-    serve: Callable[..., Serve], trusted: str | None, headers: dict[str, str], client: str, scheme: str
+    serve: Callable[..., UvicornProcess], trusted: str | None, headers: dict[str, str], client: str, scheme: str
 ) -> None:
     server = serve(**({"TRUSTED_PROXIES": trusted} if trusted else {}))
     answer = httpx.get(server.base_url + "/whoami", headers=headers, timeout=5).json()
@@ -95,7 +78,7 @@ def test_forwarded_client_and_scheme_are_believed_only_from_trusted_proxies(
     assert access_lines(server)[-1]["client"] == client
 
 
-def test_the_access_line_carries_a_bounded_ascii_user_agent(serve: Callable[..., Serve]) -> None:
+def test_the_access_line_carries_a_bounded_ascii_user_agent(serve: Callable[..., UvicornProcess]) -> None:
     server = serve()
     agent = b"caf\xc3\xa9/1.0 " + b"a" * 1000  # bytes outside ASCII, as a client may send them
     assert httpx.get(server.base_url + "/whoami", headers={"User-Agent": agent}, timeout=5).status_code == 200
