@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import asyncpg
 from sqlalchemy import create_engine, event
@@ -41,6 +41,7 @@ from svc.errors import (
     ServiceUnavailable,
     UnprocessableContent,
 )
+from svc.pool import Pool
 from svc.postgres import Purpose, driver_error, engine_arguments
 from svc.settings import Settings
 from svc.tracing import statement_span
@@ -325,6 +326,7 @@ class Database:
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout,
             pool_recycle=settings.db_pool_recycle,
+            poolclass=Pool,
             hide_parameters=True,
             connect_args=connect_args,
         )
@@ -498,17 +500,13 @@ class Database:
                 async with pinned.use():
                     yield Connection(pinned.driver, self._slow_s, savepoints=True)
                 return
-            # Straight from the pool (no engine Connection around it): one hop into SQLAlchemy's greenlet to check
-            # out (it may connect), the checkin in place (nothing to await: no transaction is left open).
-            pooled = await greenlet_spawn(self.sync_engine.raw_connection)
-            driver: asyncpg.Connection = pooled.driver_connection
+            # The pool's lane: no greenlet, proxy, events or reset (nothing to reset: no transaction is left open).
+            pool = cast(Pool, self.sync_engine.pool)
+            driver, entry = await pool.take()
             try:
                 yield Connection(driver, self._slow_s)
             finally:
-                if driver.is_closed() or driver.is_in_transaction():
-                    await greenlet_spawn(pooled.invalidate)
-                else:
-                    pooled.close()
+                await pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
         except _DRIVER_ERRORS as exc:
             raise database_error(exc) from exc
 

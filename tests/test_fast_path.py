@@ -448,6 +448,87 @@ async def test_an_autocommit_statement_on_a_connection_closed_unseen_is_a_503_th
     assert await via_connection(db, "SELECT pg_backend_pid()") != before
 
 
+# -- the pool's lane: the fast path takes pooled connections and gives them back itself ------------------------------
+
+
+async def server_pids(pg: Any, db: Database, scratch_database: str, count: int) -> list[int]:
+    """The pool's server connections once there are `count` of them (a closed one takes a moment to go)."""
+    for _ in range(100):
+        pids = await pooled_pids(pg, db, scratch_database)
+        if len(pids) == count:
+            break
+        await asyncio.sleep(0.02)
+    return pids
+
+
+async def test_the_fast_path_waits_its_turn_behind_a_session_and_then_gets_its_connection(db: Database) -> None:
+    async with db.session() as session:
+        pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        waiting = asyncio.create_task(via_connection(db, "SELECT pg_backend_pid()"))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # a pool of one: the session has it
+    assert await waiting == pid
+
+
+async def test_waiters_of_either_kind_are_served_in_the_order_they_came(db: Database) -> None:
+    served: list[str] = []
+
+    async def fast(name: str) -> None:
+        async with db.connection() as conn:
+            served.append(f"{name}:{await conn.fetchval('SELECT 1')}")
+
+    async def orm(name: str) -> None:
+        async with db.session() as session:
+            served.append(f"{name}:{(await session.execute(text('SELECT 1'))).scalar_one()}")
+
+    waiting = []
+    async with db.connection():
+        for name, way in [("a", orm), ("b", fast), ("c", orm), ("d", fast)]:
+            waiting.append(asyncio.create_task(way(name)))
+            await asyncio.sleep(0.02)
+        assert served == []
+    await asyncio.gather(*waiting)
+    assert served == ["a:1", "b:1", "c:1", "d:1"]
+
+
+async def test_the_fast_path_is_a_503_once_the_pool_timeout_passes_with_every_connection_taken(
+    make_db: Callable[..., Database],
+) -> None:
+    db = make_db(db_pool_timeout=0.2)
+    async with db.connection():
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(DatabaseUnavailable):
+            await via_connection(db, "SELECT 1")
+        assert asyncio.get_running_loop().time() - started >= 0.2
+    assert await via_connection(db, "SELECT 1") == 1
+
+
+async def test_the_fast_path_reconnects_a_connection_due_for_recycling(
+    make_db: Callable[..., Database], pg: Any, scratch_database: str
+) -> None:
+    db = make_db(db_pool_recycle=1)
+    before = await via_connection(db, "SELECT pg_backend_pid()")
+    await asyncio.sleep(1.1)
+    after = await via_connection(db, "SELECT pg_backend_pid()")
+    assert after != before
+    assert await server_pids(pg, db, scratch_database, 1) == [after]
+
+
+async def test_an_overflow_connection_given_back_to_a_full_pool_is_closed(
+    make_db: Callable[..., Database], pg: Any, scratch_database: str
+) -> None:
+    db = make_db(db_pool_size=1, db_max_overflow=1)
+    async with db.connection() as first, db.connection() as second:
+        pids = {await first.fetchval("SELECT pg_backend_pid()"), await second.fetchval("SELECT pg_backend_pid()")}
+        assert len(pids) == 2
+        assert db.pool_stats().checked_out == 2
+    stats = db.pool_stats()
+    assert (stats.checked_out, stats.checked_in, stats.overflow) == (0, 1, 0)
+    kept = await server_pids(pg, db, scratch_database, 1)
+    assert len(kept) == 1
+    assert kept[0] in pids
+
+
 # -- isolated(): the test kit's per-test rollback --------------------------------------------------------------------
 
 
