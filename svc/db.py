@@ -2,15 +2,16 @@
 
 - `Database.session()`: the ORM, one `AsyncSession` per unit of work in one transaction.
 - `Database.connection()`: the fast path, the pool's own asyncpg connection in autocommit (one round
-  trip per statement); `Database.transaction()` the same inside BEGIN ... COMMIT.
+  trip per statement); `Database.transaction()` the same inside BEGIN ... COMMIT. Both take connections
+  through the pool's lane (`svc.pool`), not SQLAlchemy's checkout.
 - `Database.run()` / `Database.run_session()`: a unit of work as a function, re-run on a serialization
   failure or deadlock when asked to.
 - `Database.isolated()`: every use of this `Database` on one connection, rolled back at the end (tests).
 
 Driver errors are mapped to problems at one boundary, `database_error()`, whichever way they came.
 Importing this module imports SQLAlchemy's core, not its ORM: `sqlalchemy.ext.asyncio` (which imports
-the ORM) is imported when the application first uses `engine`, `session()` or the fast path. A service
-that only answers health checks never loads the ORM.
+the ORM) is imported when the application first uses `engine` or `session()`. A service that only
+answers health checks, or uses only the fast path, never loads the ORM.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from svc.tracing import statement_span
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+    from sqlalchemy.pool import ConnectionPoolEntry
 
 __all__ = ["Connection", "Database", "Isolation", "PoolStats", "database_error", "is_retryable", "is_unavailable"]
 
@@ -337,6 +339,11 @@ class Database:
         self._pinned: _Pinned | None = None
 
     @property
+    def pool(self) -> Pool:
+        """The engine's pool (a new one after `dispose()`): its lane serves the fast path."""
+        return cast(Pool, self.sync_engine.pool)
+
+    @property
     def engine(self) -> AsyncEngine:
         """The `AsyncEngine` (made on first use: it imports SQLAlchemy's asyncio extension and ORM)."""
         if self._engine is None:
@@ -501,12 +508,11 @@ class Database:
                     yield Connection(pinned.driver, self._slow_s, savepoints=True)
                 return
             # The pool's lane: no greenlet, proxy, events or reset (nothing to reset: no transaction is left open).
-            pool = cast(Pool, self.sync_engine.pool)
-            driver, entry = await pool.take()
+            driver, entry = await self.pool.take()
             try:
                 yield Connection(driver, self._slow_s)
             finally:
-                await pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
+                await self.pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
         except _DRIVER_ERRORS as exc:
             raise database_error(exc) from exc
 
@@ -520,7 +526,7 @@ class Database:
                 async with self._pinned_transaction(names, settings, isolation) as conn:
                     yield conn
                 return
-            connection, driver, transaction = await self._begun(isolation)
+            driver, entry, transaction = await self._begun(isolation)
             conn = Connection(driver, self._slow_s)
             try:
                 if names:
@@ -532,31 +538,25 @@ class Database:
             else:
                 await transaction.commit()
             finally:
-                if driver.is_closed() or driver.is_in_transaction():
-                    await connection.invalidate()
-                await connection.close()
+                await self.pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
         except _DRIVER_ERRORS as exc:
             raise database_error(exc) from exc
 
-    async def _begun(self, isolation: Isolation | None) -> tuple[AsyncConnection, asyncpg.Connection, Any]:
-        """A pooled connection, its driver connection and its asyncpg transaction, BEGIN sent; a connection
+    async def _begun(self, isolation: Isolation | None) -> tuple[asyncpg.Connection, ConnectionPoolEntry, Any]:
+        """A connection from the pool's lane, its entry and its asyncpg transaction, BEGIN sent; a connection
         found dead then is replaced, once."""
         for attempt in range(2):
-            connection = await self.engine.connect()
-            driver = None
+            driver, entry = await self.pool.take()
             try:
-                driver = await _driver(connection)
                 transaction = driver.transaction(isolation=isolation)
                 await transaction.start()
             except BaseException as exc:
-                lost = driver is not None and _lost(driver, exc)
-                if lost:
-                    await connection.invalidate()
-                await connection.close()
+                lost = _lost(driver, exc)
+                await self.pool.give_back(entry, discard=lost or driver.is_closed() or driver.is_in_transaction())
                 if attempt or not lost or not isinstance(exc, Exception):
                     raise
                 continue
-            return connection, driver, transaction
+            return driver, entry, transaction
         raise AssertionError("unreachable")
 
     @asynccontextmanager
@@ -654,12 +654,6 @@ def _lost(driver: asyncpg.Connection, exc: BaseException) -> bool:
         driver_error(exc),
         (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError),
     )
-
-
-async def _driver(connection: AsyncConnection) -> asyncpg.Connection:
-    """The asyncpg connection under a pooled connection (SQLAlchemy's documented way to the driver's own)."""
-    raw: Any = await connection.get_raw_connection()
-    return raw.driver_connection
 
 
 def _check_out_open(dbapi_connection: Any, record: Any, proxy: Any) -> None:
