@@ -417,7 +417,8 @@ class Database:
             try:
                 await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 yield session
-                await session.commit()  # the ORM's flush, if the block wrote: nothing to commit on the server
+                if session.new or session.dirty or session.deleted:
+                    await session.commit()  # the ORM's flush: each statement commits on its own on the server
             finally:
                 await session.close()
         except _DRIVER_ERRORS as exc:

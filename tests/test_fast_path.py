@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from svc.db import Database, database_error
 from svc.errors import (
@@ -41,6 +42,16 @@ INSERT INTO parents VALUES (1);
 INSERT INTO items VALUES (1, 'taken', 1, 1);
 INSERT INTO counter VALUES (1, 0);
 """
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Counter(Base):
+    __tablename__ = "counter"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int]
 
 
 @pytest.fixture
@@ -186,6 +197,18 @@ async def test_statements_sent_per_unit_of_work_on_a_healthy_pool(db: Database, 
     # No pre-ping on checkout, nothing on check-in, and a fast-path read is exactly one statement. (Sorted: the
     # query loggers are called soon, SQLAlchemy's events at once.)
     assert sorted(sent) == sorted(trips.statements)
+
+
+async def test_an_autocommit_session_stores_what_the_block_added_changed_or_deleted(db: Database, scratch: Any) -> None:
+    async with db.session(autocommit=True) as session:
+        session.add(Counter(id=2, n=5))
+    assert await scratch.fetchval("SELECT n FROM counter WHERE id = 2") == 5
+    async with db.session(autocommit=True) as session:
+        (await session.get_one(Counter, 2)).n = 6
+    assert await scratch.fetchval("SELECT n FROM counter WHERE id = 2") == 6
+    async with db.session(autocommit=True) as session:
+        await session.delete(await session.get_one(Counter, 2))
+    assert await scratch.fetchval("SELECT count(*) FROM counter WHERE id = 2") == 0
 
 
 @pytest.mark.parametrize("extra", [{"tenant": "7"}, {"isolation": "serializable"}])
