@@ -23,6 +23,7 @@ bounded User-Agent; SQL text without its parameters; exception types, never thei
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -401,14 +402,34 @@ def _unrecorded(trace_id: int, incoming: TraceContext | None) -> ServerSpan:
     if incoming is None:
         trace_hex, flags, state, parent = trace_id.to_bytes(16, "big").hex(), _NEW_TRACE_FLAGS, None, None
     else:
-        trace_hex, flags, parent = incoming.trace_id, _CONTINUED_FLAGS, _EMPTY
-        state = TraceState.from_header([incoming.state]) if incoming.state else None
-    span = NonRecordingSpan(SpanContext(trace_id, span_id, False, flags, state))
+        trace_hex, flags, state, parent = incoming.trace_id, _CONTINUED_FLAGS, incoming.state, _EMPTY
+    span = _UnrecordedSpan(trace_id, span_id, flags, state)
     token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
-    context = TraceContext(
-        trace_hex, span_id.to_bytes(8, "big").hex(), False, None if incoming is None else incoming.state
-    )
-    return ServerSpan(span, token, context)
+    return ServerSpan(span, token, TraceContext(trace_hex, span_id.to_bytes(8, "big").hex(), False, state))
+
+
+class _UnrecordedSpan(NonRecordingSpan):
+    """The span the SDK makes for a request it does not record: a local, unsampled `NonRecordingSpan`.
+
+    Its `SpanContext` is built the first time it is asked for (by instrumentation a service adds):
+    most requests never ask, and building it (with the caller's `tracestate` parsed) is most of what
+    such a span costs.
+    """
+
+    def __init__(self, trace_id: int, span_id: int, flags: TraceFlags, state: str | None) -> None:
+        # Not NonRecordingSpan.__init__: it takes the SpanContext this span builds when asked.
+        self._ids = (trace_id, span_id, flags, state)
+
+    @functools.cached_property
+    def _span_context(self) -> SpanContext:
+        trace_id, span_id, flags, state = self._ids
+        return SpanContext(trace_id, span_id, False, flags, TraceState.from_header([state]) if state else None)
+
+    def get_span_context(self) -> SpanContext:
+        return self._span_context
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan({self._span_context!r})"
 
 
 def _type_name(exc: BaseException) -> str:
