@@ -10,6 +10,12 @@ included). Spans that could not be sent, or found the queue full, are lost: coun
 (`svc_trace_spans_lost_total` on `/metrics`) and logged once per process, never retried, never
 slowing or failing a request. The SDK's own export warnings are silenced in favour of that line.
 
+Sampling is decided here, before the SDK is asked, with the rule of the SDK sampler `OTEL_TRACES_SAMPLER`
+names (`Sampling`): a request that will not be recorded never enters the SDK. It gets cheap random ids
+and a `NonRecordingSpan` in the OpenTelemetry context (what the SDK would have made), so that
+instrumentation a service adds still sees the request's trace and its not-sampled flag; only recorded
+requests pay for the SDK's span.
+
 Only what is safe to show leaves the process: span attributes are the HTTP semantic conventions'
 method, path (never the query string), route template, status, scheme, protocol, client address and a
 bounded User-Agent; SQL text without its parameters; exception types, never their messages.
@@ -17,9 +23,12 @@ bounded User-Agent; SQL text without its parameters; exception types, never thei
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 import threading
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -29,6 +38,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from starlette.types import Scope
 
@@ -37,7 +47,7 @@ from svc.http.edge import user_agent
 from svc.settings import Settings
 from svc.tracing import ChildSpan
 
-__all__ = ["MAX_QUEUE_SPANS", "MAX_STATEMENT_CHARS", "ServerSpan", "Tracing", "sampler", "traces_endpoint"]
+__all__ = ["MAX_QUEUE_SPANS", "MAX_STATEMENT_CHARS", "Sampling", "ServerSpan", "Tracing", "sampler", "traces_endpoint"]
 
 logger = logging.getLogger("svc.tracing")
 #: Ended spans waiting for export; when full, the oldest is dropped (and counted).
@@ -49,6 +59,17 @@ SHUTDOWN_SECONDS = 2.0
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 # The SDK logs every failed batch (and every retry); `_Loss` logs the first loss instead.
 _CHATTY_LOGGERS = ("opentelemetry.exporter.otlp.proto.http", "opentelemetry.sdk._shared_internal")
+# TraceIdRatioBased looks at the low 64 bits of a trace id only (compatibility with 64-bit trace ids).
+_LOW_64 = (1 << 64) - 1
+_ALL = 1 << 64  # a bound every trace id's low 64 bits are under
+_EMPTY = Context()
+# The flags the SDK gives an unsampled span: a new trace's ids are random (W3C level 2 `random` flag); a
+# continued trace's flags come from the caller's (`_remote_parent` keeps only its sampled flag).
+_NEW_TRACE_FLAGS = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+_CONTINUED_FLAGS = TraceFlags(TraceFlags.DEFAULT)
+_getrandbits = random.getrandbits
+# The samplers that ignore the caller's sampled flag; `sampler` makes any other name parent-based.
+_ROOT_SAMPLERS = frozenset({"always_on", "always_off", "traceidratio"})
 
 
 def traces_endpoint(base: str) -> str:
@@ -72,6 +93,52 @@ def sampler(name: str, arg: float | None) -> sampling.Sampler:
             return sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
         case _:
             return sampling.ParentBased(sampling.ALWAYS_ON)
+
+
+class Sampling:
+    """Whether a request's server span is recorded: the decision `sampler(name, arg)` makes for it, without the SDK.
+
+    `records(trace_id, parent)` is the SDK sampler's `should_sample(...).decision.is_sampled()` for a
+    server span of trace `trace_id` whose parent is the caller's span (`parent`, remote) or none: a
+    `parentbased_*` sampler follows the caller's sampled flag when there is a caller, and otherwise (or
+    for the other samplers) a trace is recorded iff the low 64 bits of its id are under the bound
+    (`always_on`: every id, `always_off`: none, `traceidratio`: `TraceIdRatioBased`'s bound for the ratio).
+    """
+
+    __slots__ = ("bound", "follows_parent")
+
+    def __init__(self, name: str, arg: float | None) -> None:
+        ratio = 1.0 if arg is None else arg
+        self.follows_parent = name.startswith("parentbased_") or name not in _ROOT_SAMPLERS
+        match name.removeprefix("parentbased_"):
+            case "always_off":
+                self.bound = 0
+            case "traceidratio":
+                self.bound = sampling.TraceIdRatioBased.get_bound_for_rate(ratio)
+            case _:
+                self.bound = _ALL
+
+    def records(self, trace_id: int, parent: TraceContext | None) -> bool:
+        """Whether a server span of trace `trace_id`, a child of `parent` (the caller's span) if any, is recorded."""
+        if parent is not None and self.follows_parent:
+            return parent.sampled
+        return trace_id & _LOW_64 < self.bound
+
+
+#: The trace id `Tracing.start` chose for a new trace it records, while it has the SDK make its span.
+_chosen_trace_id: ContextVar[int | None] = ContextVar("svc.otel.chosen_trace_id", default=None)
+
+
+class _TraceIds(RandomIdGenerator):
+    """The SDK's random ids, except the trace id of a new trace `Tracing.start` decided to record: the one it decided on.
+
+    A ratio sampler's decision depends on the trace id, so the recorded span must have the id the
+    decision was made with (the SDK's sampler then makes the same one again).
+    """
+
+    def generate_trace_id(self) -> int:
+        chosen = _chosen_trace_id.get()
+        return super().generate_trace_id() if chosen is None else chosen
 
 
 class _Loss:
@@ -204,9 +271,10 @@ class Tracing:
                 "deployment.environment.name": str(settings.app_env),
             }
         )
-        self.provider = TracerProvider(
-            sampler=sampler(settings.otel_traces_sampler, settings.otel_traces_sampler_arg), resource=resource
-        )
+        name, arg = settings.otel_traces_sampler, settings.otel_traces_sampler_arg
+        self.sampling = Sampling(name, arg)
+        # The SDK samples with the same sampler: the spans instrumentation a service adds are decided by it.
+        self.provider = TracerProvider(sampler=sampler(name, arg), resource=resource, id_generator=_TraceIds())
         exporter = _CountingExporter(
             OTLPSpanExporter(endpoint=traces_endpoint(settings.otel_exporter_otlp_endpoint)), _Loss()
         )
@@ -223,11 +291,28 @@ class Tracing:
         return self.loss.lost
 
     def start(self, scope: Scope, incoming: TraceContext | None) -> ServerSpan:
-        """Open the server span of the request `scope` (a child of the caller's span when `incoming`), and attach it."""
-        parent = None if incoming is None else _remote_parent(incoming)
+        """Open the server span of the request `scope` (a child of the caller's span when `incoming`), and attach it.
+
+        A request `sampling` does not record gets no SDK span: a `NonRecordingSpan` with new random ids
+        (the caller's trace id when `incoming`) is attached instead, as the SDK would have made it.
+        """
+        # A new trace's id is never the invalid all-zero one.
+        trace_id = (_getrandbits(128) or 1) if incoming is None else int(incoming.trace_id, 16)
+        if not self.sampling.records(trace_id, incoming):
+            return _unrecorded(trace_id, incoming)
         method = scope["method"]
         known = method in _METHODS
-        span = self.tracer.start_span(method if known else "HTTP", context=parent, kind=SpanKind.SERVER)
+        name = method if known else "HTTP"
+        if incoming is None:
+            parent = None
+            chosen = _chosen_trace_id.set(trace_id)
+            try:
+                span = self.tracer.start_span(name, kind=SpanKind.SERVER)
+            finally:
+                _chosen_trace_id.reset(chosen)
+        else:
+            parent = _remote_parent(incoming, trace_id)
+            span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
         recording = span.is_recording()
         if recording:
             client = scope.get("client")
@@ -269,7 +354,7 @@ class Tracing:
             span.set_attribute("http.response.status_code", status)
             if status >= 500:
                 _record_error(span, server.error or str(status))
-        span.end()
+            span.end()
         otel_context.detach(server.token)  # type: ignore[arg-type]
 
     def statement(self, statement: str) -> _Child:
@@ -303,11 +388,48 @@ class Tracing:
             logger.warning("%d trace spans were lost in this process", self.lost)
 
 
-def _remote_parent(incoming: TraceContext) -> Context:
+def _remote_parent(incoming: TraceContext, trace_id: int) -> Context:
     state = TraceState.from_header([incoming.state]) if incoming.state else None
     flags = TraceFlags(TraceFlags.SAMPLED if incoming.sampled else TraceFlags.DEFAULT)
-    ids = SpanContext(int(incoming.trace_id, 16), int(incoming.span_id, 16), True, flags, state)
-    return otel_trace.set_span_in_context(NonRecordingSpan(ids), Context())
+    ids = SpanContext(trace_id, int(incoming.span_id, 16), True, flags, state)
+    return otel_trace.set_span_in_context(NonRecordingSpan(ids), _EMPTY)
+
+
+def _unrecorded(trace_id: int, incoming: TraceContext | None) -> ServerSpan:
+    """The server span of a request that is not recorded: the SDK's unsampled span for it, made without the SDK."""
+    span_id = _getrandbits(64) or 1  # never the invalid all-zero id
+    # Lowercase hex of the ids through bytes: half the cost of format(id, "032x").
+    if incoming is None:
+        trace_hex, flags, state, parent = trace_id.to_bytes(16, "big").hex(), _NEW_TRACE_FLAGS, None, None
+    else:
+        trace_hex, flags, state, parent = incoming.trace_id, _CONTINUED_FLAGS, incoming.state, _EMPTY
+    span = _UnrecordedSpan(trace_id, span_id, flags, state)
+    token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
+    return ServerSpan(span, token, TraceContext(trace_hex, span_id.to_bytes(8, "big").hex(), False, state))
+
+
+class _UnrecordedSpan(NonRecordingSpan):
+    """The span the SDK makes for a request it does not record: a local, unsampled `NonRecordingSpan`.
+
+    Its `SpanContext` is built the first time it is asked for (by instrumentation a service adds):
+    most requests never ask, and building it (with the caller's `tracestate` parsed) is most of what
+    such a span costs.
+    """
+
+    def __init__(self, trace_id: int, span_id: int, flags: TraceFlags, state: str | None) -> None:
+        # Not NonRecordingSpan.__init__: it takes the SpanContext this span builds when asked.
+        self._ids = (trace_id, span_id, flags, state)
+
+    @functools.cached_property
+    def _span_context(self) -> SpanContext:
+        trace_id, span_id, flags, state = self._ids
+        return SpanContext(trace_id, span_id, False, flags, TraceState.from_header([state]) if state else None)
+
+    def get_span_context(self) -> SpanContext:
+        return self._span_context
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan({self._span_context!r})"
 
 
 def _type_name(exc: BaseException) -> str:

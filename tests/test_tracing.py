@@ -7,17 +7,25 @@ server before looking: shutdown flushes what is queued.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import random
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from svc.app import create_app
+from svc.app import App, create_app
 from svc.settings import Settings
 from svc.tracing import incoming
 from tests.conftest import serve
@@ -324,3 +332,176 @@ async def test_without_a_valid_traceparent_log_lines_have_no_trace_and_nothing_i
     entries = [json.loads(line) for line in err.splitlines() if "HTTP Request:" not in line]
     assert [e["request_id"] for e in entries] == ["req-u"]
     assert ["trace_id" in e or "span_id" in e for e in entries] == [False]
+
+
+# --- in process: tracing on, sampling decided before the SDK ---------------------------------------------------------
+
+SAMPLERS = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("arg", [None, 0.0, 0.01, 0.5, 1.0])
+@pytest.mark.parametrize("parent", [None, SAMPLED, NOT_SAMPLED], ids=["new trace", "parent sampled", "parent not"])
+def test_the_sampling_decision_is_the_sdk_samplers(name: str, arg: float | None, parent: str | None) -> None:
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from svc.otel import Sampling, sampler
+
+    caller = None if parent is None else incoming(parent.encode(), None)
+    parent_context = None
+    if caller is not None:
+        flags = TraceFlags(TraceFlags.SAMPLED if caller.sampled else TraceFlags.DEFAULT)
+        ids = SpanContext(int(caller.trace_id, 16), int(caller.span_id, 16), True, flags)
+        parent_context = otel_trace.set_span_in_context(NonRecordingSpan(ids), Context())
+    ours, sdk = Sampling(name, arg), sampler(name, arg)
+    bound = TraceIdRatioBased.get_bound_for_rate(1.0 if arg is None else arg)
+    high = random.Random(17).getrandbits(64) << 64  # the high bits play no part: any will do
+    edges = [1, bound - 1, bound, bound + 1, (1 << 64) - 1, high | (bound - 1), high | bound, (1 << 128) - 1]
+    trace_ids = [i for i in edges if i > 0] + [random.Random(i).getrandbits(128) or 1 for i in range(2000)]
+    if caller is not None:  # a child span keeps its parent's trace id
+        trace_ids = [int(caller.trace_id, 16)]
+    decisions = [
+        (ours.records(i, caller), sdk.should_sample(parent_context, i, "GET").decision.is_sampled()) for i in trace_ids
+    ]
+    assert [i for i, (a, b) in zip(trace_ids, decisions, strict=True) if a != b] == []
+    if name.endswith("traceidratio") and arg == 0.5 and caller is None:
+        assert 0.4 < sum(a for a, _ in decisions) / len(decisions) < 0.6  # both sides of the bound were seen
+
+
+async def whose_span(request: Request) -> JSONResponse:
+    """The OpenTelemetry span that instrumentation added to a route would see as its parent."""
+    from opentelemetry import trace as otel_trace
+
+    span = otel_trace.get_current_span()
+    ids = span.get_span_context()
+    return JSONResponse(
+        {
+            "trace_id": f"{ids.trace_id:032x}",
+            "span_id": f"{ids.span_id:016x}",
+            "sampled": ids.trace_flags.sampled,
+            "remote": ids.is_remote,
+            "recording": span.is_recording(),
+            "tracestate": ids.trace_state.to_header(),
+        }
+    )
+
+
+@pytest.fixture
+def traced_app(make_settings: Callable[..., Settings], receiver: Receiver) -> Callable[..., App]:
+    """An in-process app exporting to `receiver`, with `/whose` (what instrumentation sees) among its routes."""
+
+    def make(sampler: str, arg: float | None = None) -> App:
+        settings = make_settings(
+            otel_exporter_otlp_endpoint=receiver.endpoint, otel_traces_sampler=sampler, otel_traces_sampler_arg=arg
+        )
+        return create_app(settings, routes=[Route("/whose", whose_span)])
+
+    return make
+
+
+def access_lines(err: str) -> list[dict[str, Any]]:
+    entries = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [e for e in entries if e["logger"] == "svc.access"]
+
+
+@contextlib.contextmanager
+def sdk_calls() -> Iterator[list[str]]:
+    """The OpenTelemetry SDK's functions called on this thread inside the block."""
+    called: list[str] = []
+    sdk = f"{os.sep}opentelemetry{os.sep}sdk{os.sep}"
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and sdk in frame.f_code.co_filename:
+            called.append(frame.f_code.co_qualname)
+
+    sys.setprofile(profile)
+    try:
+        yield called
+    finally:
+        sys.setprofile(None)
+
+
+async def test_a_request_that_is_not_recorded_continues_its_callers_trace_without_the_sdk(
+    traced_app: Callable[..., App], receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with serve(traced_app("parentbased_always_on")) as client:
+        capsys.readouterr()
+        with sdk_calls() as called:
+            response = await client.get("/whose", headers={"traceparent": NOT_SAMPLED, "tracestate": "vendor=abc"})
+        err = capsys.readouterr().err
+    assert called == []
+    [line] = access_lines(err)
+    seen = response.json()
+    assert (line["trace_id"], line["span_id"]) == (TRACE_ID, seen["span_id"])  # the request's own span id
+    assert seen == {
+        "trace_id": TRACE_ID,
+        "span_id": seen["span_id"],
+        "sampled": False,
+        "remote": False,
+        "recording": False,
+        "tracestate": "vendor=abc",
+    }
+    assert re.fullmatch("[0-9a-f]{16}", seen["span_id"])
+    assert seen["span_id"] not in {PARENT_ID, "0" * 16}
+    assert receiver.spans == []  # shut down: whatever was queued has been sent
+
+
+async def test_a_new_trace_that_is_not_recorded_gets_its_ids_without_the_sdk(
+    traced_app: Callable[..., App], receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with serve(traced_app("parentbased_traceidratio", 0.0)) as client:
+        capsys.readouterr()
+        with sdk_calls() as called:
+            responses = [await client.get("/whose") for _ in range(3)]
+        err = capsys.readouterr().err
+    assert called == []
+    seen = [r.json() for r in responses]
+    assert [(e["trace_id"], e["span_id"]) for e in access_lines(err)] == [(s["trace_id"], s["span_id"]) for s in seen]
+    assert len({s["trace_id"] for s in seen}) == 3
+    assert all(re.fullmatch("[0-9a-f]{32}", s["trace_id"]) and s["trace_id"] != "0" * 32 for s in seen)
+    assert {(s["sampled"], s["remote"], s["recording"]) for s in seen} == {(False, False, False)}
+    assert receiver.spans == []
+
+
+async def test_a_callers_sampled_flag_is_followed_whatever_the_ratio(
+    traced_app: Callable[..., App], receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with serve(traced_app("parentbased_traceidratio", 0.0)) as client:
+        capsys.readouterr()
+        response = await client.get("/whose", headers={"traceparent": SAMPLED})
+        err = capsys.readouterr().err
+    [line] = access_lines(err)
+    span = server_span(receiver.spans, "/whose")
+    assert (span.trace_id, span.parent_id, span.span_id) == (TRACE_ID, PARENT_ID, line["span_id"])
+    assert line["trace_id"] == TRACE_ID
+    assert response.json()["recording"] is True
+
+
+async def test_new_traces_are_recorded_by_their_trace_id_as_the_ratio_sampler_says(
+    traced_app: Callable[..., App], receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    async with serve(traced_app("traceidratio", 0.5)) as client:
+        capsys.readouterr()
+        for _ in range(60):
+            assert (await client.get("/health/live")).status_code == 200
+        err = capsys.readouterr().err
+    bound = TraceIdRatioBased.get_bound_for_rate(0.5)
+    logged = [e["trace_id"] for e in access_lines(err)]
+    chosen = {t for t in logged if int(t, 16) & ((1 << 64) - 1) < bound}
+    exported = [s for s in receiver.spans if s.attributes.get("url.path") == "/health/live"]
+    assert len(logged) == 60
+    assert 0 < len(chosen) < 60
+    # Each recorded span has the trace id its request's log line shows, and only those the rule picks are recorded.
+    assert sorted(s.trace_id for s in exported) == sorted(chosen)
