@@ -66,13 +66,17 @@ class ServerCount:
         return await self.settled() - before
 
     async def connection_cost(self) -> int:
-        """Transactions that opening and closing one connection costs (the server's start-up work)."""
+        """Transactions that opening and closing one connection costs (the server's start-up work).
+
+        The least of three tries: other work on the server (autovacuum, a backend of an earlier test
+        publishing late) can only add to a count, and once made one try cost 5 where a burst cost 2.
+        """
 
         async def open_and_close() -> None:
             conn = await asyncpg.connect(asyncpg_dsn(self.url))
             await conn.close()
 
-        return await self.during(open_and_close)
+        return min([await self.during(open_and_close) for _ in range(3)])
 
 
 def make_probe(url: str, settings: Settings, **overrides: Any) -> DatabaseProbe:
