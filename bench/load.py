@@ -1,6 +1,7 @@
 """End-to-end load benchmark: svc against the raw-ASGI baseline (bench/baseline.py), in the same run.
 
     uv run python bench/load.py [--duration 5] [--rounds 3] [--connections 64] [--json results.json]
+    uv run python bench/load.py --only "tracing 1 %" --processes 3    # several servers per configuration
 
 Both run under uvicorn with the production flags (1 worker, uvloop, httptools, no uvicorn access log;
 see harness.UVICORN_FLAGS) on 127.0.0.1; svc with APP_ENV=production, a valid SECRET_KEY and the
@@ -8,6 +9,9 @@ test database (TEST_DATABASE_URL or the embedded PostgreSQL 18 in .data/test-pos
 drives them (-t1, keep-alive connections); rounds are interleaved, with the order rotated each
 round, so every ratio compares two numbers measured a minute apart rather than two runs. Servers
 are pinned to one CPU and wrk (and this script's polling) to another when there are two or more.
+With `--processes N`, each configuration runs as N server processes, each measured in every round
+(process k of a scenario paired with process k of its reference): on a shared machine two identical
+processes can differ by a third in CPU per request, which no number of rounds averages out.
 
 It also measures the import time of svc.app, process start to the first 200 on /health/live and
 on /health/ready, idle RSS, and RSS after the load. Needs `wrk` (Debian/Ubuntu: apt-get install -y
@@ -30,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -290,9 +294,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--database-url", help="default: TEST_DATABASE_URL, else the embedded PostgreSQL 18")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to CPUs")
     parser.add_argument("--only", help="run only scenarios whose name contains this text (and their references)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes per configuration, each measured in every round (default 1): identical "
+        "processes can differ by a third in CPU per request on a shared machine, so small costs need several",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
-    limits = {"duration": (1, 120), "warmup": (1, 30), "rounds": (1, 20), "connections": (1, 1024), "starts": (1, 20)}
+    limits = {
+        "duration": (1, 120),
+        "warmup": (1, 30),
+        "rounds": (1, 20),
+        "connections": (1, 1024),
+        "starts": (1, 20),
+        "processes": (1, 8),
+    }
     for name, (low, high) in limits.items():
         if not low <= getattr(args, name) <= high:
             parser.error(f"--{name} must be between {low} and {high}")
@@ -351,65 +369,78 @@ def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
 
 
 def _measure_load(run: Run, database_url: str, work: Path, script: Path, sink: OtlpSink) -> None:
-    args, cpu = run.args, run.server_cpu
+    args = run.args
     notes_url = notes_database(database_url) if any(s.server.startswith("svc-notes") for s in run.scenarios) else None
-    servers = {
-        "baseline": baseline_server("baseline", database_url, work, cpu),
-        "svc": svc_server("svc", production_env(database_url), work, cpu),
-        "svc-no-metrics": svc_server(
-            "svc-no-metrics", production_env(database_url, METRICS_ENABLED="false"), work, cpu
-        ),
-        "svc-protocol": svc_server(
-            "svc-protocol", production_env(database_url), work, cpu, args=("--http", "svc.protocol:HttpProtocol")
-        ),
-        "svc-access-log": svc_server("svc-access-log", production_env(database_url, ACCESS_LOG="true"), work, cpu),
-        "svc-ttl0": svc_server("svc-ttl0", production_env(database_url, HEALTH_DB_CACHE_TTL="0"), work, cpu),
-        "svc-endpoints": svc_server("svc-endpoints", production_env(database_url), work, cpu, "svc_endpoints:app"),
-        "starlette": svc_server("starlette", {}, work, cpu, "plain_starlette:app"),
-        "svc-user": svc_server("svc-user", production_env(database_url), work, cpu, "user_route:app"),
-        "svc-notes": svc_server(
-            "svc-notes", production_env(notes_url or database_url, SERVICE=NOTES_SERVICE), work, cpu
-        ),
-        "svc-traced": svc_server("svc-traced", traced(database_url, sink.endpoint, "1"), work, cpu),
-        "svc-traced-1": svc_server("svc-traced-1", traced(database_url, sink.endpoint, "0.01"), work, cpu),
-        "svc-user-traced": svc_server(
-            "svc-user-traced", traced(database_url, sink.endpoint, "1"), work, cpu, "user_route:app"
-        ),
-        "svc-user-traced-1": svc_server(
-            "svc-user-traced-1", traced(database_url, sink.endpoint, "0.01"), work, cpu, "user_route:app"
-        ),
-        "svc-notes-traced": svc_server(
-            "svc-notes-traced",
-            traced(notes_url or database_url, sink.endpoint, "1", SERVICE=NOTES_SERVICE),
-            work,
-            cpu,
-        ),
+    configurations = _configurations(database_url, notes_url, work, run.server_cpu, sink)
+    needed = [name for name in configurations if any(s.server == name for s in run.scenarios)]
+    count = args.processes
+    replicas = {
+        name: [configurations[name](name if count == 1 else f"{name}-{k + 1}") for k in range(count)] for name in needed
     }
-    needed = [name for name in servers if any(s.server == name for s in run.scenarios)]
     run.results = {s.name: [] for s in run.scenarios}
-    with running([servers[name] for name in needed]):
+    with running([server for name in needed for server in replicas[name]]):
         time.sleep(1.0)
-        idle_rss = {name: servers[name].rss_kib() for name in needed}
-        log(f"== warm-up ({args.warmup} s per scenario)")
+        idle_rss = {name: replicas[name][0].rss_kib() for name in needed}
+        log(f"== warm-up ({args.warmup} s per scenario and process)")
         for s in run.scenarios:
-            run_wrk(servers[s.server].url(s.path), args.warmup, args.connections, run.client_cpu, script)
+            for server in replicas[s.server]:
+                run_wrk(server.url(s.path), args.warmup, args.connections, run.client_cpu, script)
         for round_no in range(args.rounds):
             shift = round_no % len(run.scenarios)
             for s in run.scenarios[shift:] + run.scenarios[:shift]:
-                server = servers[s.server]
-                cpu_before = server.cpu_seconds()
-                result = run_wrk(server.url(s.path), args.duration, args.connections, run.client_cpu, script)
-                # The server's own CPU time per request: unlike req/s, barely moved by what else shares its CPU.
-                result["cpu_us"] = (server.cpu_seconds() - cpu_before) / max(1, result["requests"]) * 1e6
-                run.results[s.name].append(result)
-                log(
-                    f"round {round_no + 1}/{args.rounds}  {s.name:<46} {result['rps']:>9.0f} req/s  "
-                    f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  "
-                    f"CPU {result['cpu_us']:6.1f} µs/req"
-                )
-                time.sleep(0.2)
-        run.rss = {name: (idle_rss[name], servers[name].rss_kib()) for name in needed}
-    run.warnings = {name: warnings(servers[name].log) for name in needed}
+                # Process k of a scenario pairs with process k of its reference in the same round.
+                for k, server in enumerate(replicas[s.server]):
+                    cpu_before = server.cpu_seconds()
+                    result = run_wrk(server.url(s.path), args.duration, args.connections, run.client_cpu, script)
+                    # The server's own CPU time per request: unlike req/s, barely moved by what else shares its CPU.
+                    result["cpu_us"] = (server.cpu_seconds() - cpu_before) / max(1, result["requests"]) * 1e6
+                    run.results[s.name].append(result)
+                    process = f" [{k + 1}/{count}]" if count > 1 else ""
+                    log(
+                        f"round {round_no + 1}/{args.rounds}  {s.name + process:<46} {result['rps']:>9.0f} req/s  "
+                        f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  "
+                        f"CPU {result['cpu_us']:6.1f} µs/req"
+                    )
+                    time.sleep(0.2)
+        run.rss = {name: (idle_rss[name], replicas[name][0].rss_kib()) for name in needed}
+    run.warnings = {
+        name: dict(sum((Counter(warnings(server.log)) for server in replicas[name]), Counter())) for name in needed
+    }
+
+
+def _configurations(
+    database_url: str, notes_url: str | None, work: Path, cpu: int | None, sink: OtlpSink
+) -> dict[str, Callable[[str], Server]]:
+    """Every server configuration by name: what makes its server (not started), named `label`."""
+    return {
+        "baseline": lambda label: baseline_server(label, database_url, work, cpu),
+        "svc": lambda label: svc_server(label, production_env(database_url), work, cpu),
+        "svc-no-metrics": lambda label: svc_server(
+            label, production_env(database_url, METRICS_ENABLED="false"), work, cpu
+        ),
+        "svc-protocol": lambda label: svc_server(
+            label, production_env(database_url), work, cpu, args=("--http", "svc.protocol:HttpProtocol")
+        ),
+        "svc-access-log": lambda label: svc_server(label, production_env(database_url, ACCESS_LOG="true"), work, cpu),
+        "svc-ttl0": lambda label: svc_server(label, production_env(database_url, HEALTH_DB_CACHE_TTL="0"), work, cpu),
+        "svc-endpoints": lambda label: svc_server(label, production_env(database_url), work, cpu, "svc_endpoints:app"),
+        "starlette": lambda label: svc_server(label, {}, work, cpu, "plain_starlette:app"),
+        "svc-user": lambda label: svc_server(label, production_env(database_url), work, cpu, "user_route:app"),
+        "svc-notes": lambda label: svc_server(
+            label, production_env(notes_url or database_url, SERVICE=NOTES_SERVICE), work, cpu
+        ),
+        "svc-traced": lambda label: svc_server(label, traced(database_url, sink.endpoint, "1"), work, cpu),
+        "svc-traced-1": lambda label: svc_server(label, traced(database_url, sink.endpoint, "0.01"), work, cpu),
+        "svc-user-traced": lambda label: svc_server(
+            label, traced(database_url, sink.endpoint, "1"), work, cpu, "user_route:app"
+        ),
+        "svc-user-traced-1": lambda label: svc_server(
+            label, traced(database_url, sink.endpoint, "0.01"), work, cpu, "user_route:app"
+        ),
+        "svc-notes-traced": lambda label: svc_server(
+            label, traced(notes_url or database_url, sink.endpoint, "1", SERVICE=NOTES_SERVICE), work, cpu
+        ),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -452,7 +483,8 @@ def render(run: Run) -> str:
     else:
         pinned = "not pinned"
     lines = [
-        f"wrk -t1 -c{args.connections}, {args.rounds} interleaved rounds x {args.duration} s, medians over rounds; "
+        f"wrk -t1 -c{args.connections}, {args.rounds} interleaved rounds x {args.duration} s"
+        f"{f' x {args.processes} processes per configuration' if args.processes > 1 else ''}, medians over rounds; "
         f"{pinned}; load average {run.load_before[0]:.2f} before, {run.load_after[0]:.2f} after.",
         "Ratios are paired: each round's value over its reference's value in the same round, then the median.",
         "CPU ratio: the reference's server CPU time per request over the scenario's (what the req/s ratio would be",
