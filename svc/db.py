@@ -509,11 +509,12 @@ class Database:
                     yield Connection(pinned.driver, self._slow_s, savepoints=True)
                 return
             # The pool's lane: no greenlet, proxy, events or reset (nothing to reset: no transaction is left open).
-            driver, entry = await self.pool.take()
+            pool = self.pool  # the one it came from, even if the engine is disposed meanwhile
+            driver, entry = await pool.take()
             try:
                 yield Connection(driver, self._slow_s)
             finally:
-                await self.pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
+                await pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
         except _DRIVER_ERRORS as exc:
             raise database_error(exc) from exc
 
@@ -527,7 +528,8 @@ class Database:
                 async with self._pinned_transaction(names, settings, isolation) as conn:
                     yield conn
                 return
-            driver, entry, transaction = await self._begun(isolation)
+            pool = self.pool
+            driver, entry, transaction = await self._begun(pool, isolation)
             conn = Connection(driver, self._slow_s)
             try:
                 if names:
@@ -539,21 +541,22 @@ class Database:
             else:
                 await transaction.commit()
             finally:
-                await self.pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
+                await pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
         except _DRIVER_ERRORS as exc:
             raise database_error(exc) from exc
 
-    async def _begun(self, isolation: Isolation | None) -> tuple[asyncpg.Connection, ConnectionPoolEntry, Any]:
-        """A connection from the pool's lane, its entry and its asyncpg transaction, BEGIN sent; a connection
+    @staticmethod
+    async def _begun(pool: Pool, isolation: Isolation | None) -> tuple[asyncpg.Connection, ConnectionPoolEntry, Any]:
+        """A connection from `pool`'s lane, its entry and its asyncpg transaction, BEGIN sent; a connection
         found dead then is replaced, once."""
         for attempt in range(2):
-            driver, entry = await self.pool.take()
+            driver, entry = await pool.take()
             try:
                 transaction = driver.transaction(isolation=isolation)
                 await transaction.start()
             except BaseException as exc:
                 lost = _lost(driver, exc)
-                await self.pool.give_back(entry, discard=lost or driver.is_closed() or driver.is_in_transaction())
+                await pool.give_back(entry, discard=lost or driver.is_closed() or driver.is_in_transaction())
                 if attempt or not lost or not isinstance(exc, Exception):
                     raise
                 continue

@@ -537,6 +537,15 @@ async def test_the_fast_path_reconnects_a_connection_due_for_recycling(
     assert await server_pids(pg, db, scratch_database, 1) == [after]
 
 
+async def test_a_connection_out_while_the_engine_is_disposed_goes_back_to_the_pool_it_came_from(db: Database) -> None:
+    async with db.connection() as conn:
+        before = db.pool
+        await db.dispose()  # a new, empty pool from now on
+        assert await conn.fetchval("SELECT 1") == 1
+    assert db.pool is not before
+    assert (db.pool.checkedin(), before.checkedin()) == (0, 1)
+
+
 async def test_an_overflow_connection_given_back_to_a_full_pool_is_closed(
     make_db: Callable[..., Database], pg: Any, scratch_database: str
 ) -> None:
