@@ -70,7 +70,15 @@ _RETRYABLE = {"40001", "40P01"}  # serialization failure, deadlock detected
 # A schema identifier as PostgreSQL reports it in an error's fields (never the row's values).
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 # Anything the driver, SQLAlchemy or the network may raise; `database_error` sorts them.
-_DRIVER_ERRORS = (sa_exc.SQLAlchemyError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# EmulatedDBAPIException: the asyncpg adapter's error for a failed connect, raised as is by a pool checkout.
+_DRIVER_ERRORS = (
+    sa_exc.SQLAlchemyError,
+    sa_exc.EmulatedDBAPIException,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 # Backoff before re-running work: BASE * 2**attempt seconds (at most MAX), times a random 0.5-1.5.
 _BACKOFF_BASE, _BACKOFF_MAX = 0.01, 0.2
 
@@ -556,7 +564,8 @@ class Database:
                 await transaction.start()
             except BaseException as exc:
                 lost = _lost(driver, exc)
-                await pool.give_back(entry, discard=lost or driver.is_closed() or driver.is_in_transaction())
+                # Whatever BEGIN left (asyncpg keeps a failed one as the connection's transaction) goes with it.
+                await pool.give_back(entry, discard=True)
                 if attempt or not lost or not isinstance(exc, Exception):
                     raise
                 continue

@@ -1,8 +1,8 @@
 """The connection pool: SQLAlchemy's asyncio queue pool, with a lane for the fast path.
 
-The ORM and `Database.transaction()` check connections out the usual way: in a greenlet, behind a
-connection proxy, with checkout events and a reset on return. The fast path (`Database.connection()`)
-needs none of that: it takes a pooled connection's entry straight from the same queue and puts it
+The ORM checks connections out the usual way: in a greenlet, behind a connection proxy, with checkout
+events and a reset on return. The fast path (`Database.connection()`, `transaction()`, `run()`) needs
+none of that: it takes a pooled connection's entry straight from the same queue and puts it
 back, and waits on that queue like any other checkout when none is idle. One pool, one budget:
 `checkedout()` counts both, and waiters of either kind are served in the order they came.
 The lane costs a fraction of a full checkout (bench/README.md has the numbers).
@@ -85,12 +85,14 @@ class Pool(AsyncAdaptedQueuePool):
     async def give_back(self, entry: ConnectionPoolEntry, *, discard: bool = False) -> None:
         """Put back an entry from `take()`; with `discard` (its connection broke, or a transaction was left open
         on it) its connection is closed first and the next checkout connects anew."""
-        if discard:
-            await greenlet_spawn(entry.invalidate)
         try:
-            self._idle.put_nowait(entry)
-        except Full:  # an overflow connection took its place meanwhile: this one closes, as QueuePool does
-            await greenlet_spawn(self._do_return_conn, entry)
+            if discard:
+                await greenlet_spawn(entry.invalidate)
+        finally:  # back even when cancelled while closing (invalidated then: the next checkout connects)
+            try:
+                self._idle.put_nowait(entry)
+            except Full:  # an overflow connection took its place meanwhile: this one closes, as QueuePool does
+                await greenlet_spawn(self._do_return_conn, entry)
 
 
 def _renew(entry: ConnectionPoolEntry) -> Any:

@@ -343,6 +343,21 @@ async def test_database_errors_become_the_same_problems_by_every_way(
     assert db.pool_stats().checked_out == 0
 
 
+@pytest.mark.parametrize("way", WAYS.values(), ids=WAYS.keys())
+async def test_a_connection_the_server_refuses_is_the_same_problem_by_every_way(
+    make_settings: Callable[..., Settings], database_url: str, way: Callable[[Database, str], Awaitable[Any]]
+) -> None:
+    missing = str(make_url(database_url).set(database="svc_no_such_database"))
+    db = Database(missing, make_settings(db_pool_size=1, db_max_overflow=0))
+    try:
+        with pytest.raises(DatabaseError) as caught:
+            await way(db, "SELECT 1")
+        assert "svc_no_such_database" not in str(caught.value)
+        assert db.pool_stats().checked_out == 0
+    finally:
+        await db.dispose()
+
+
 def test_errors_that_are_not_the_databases_are_a_500_problem() -> None:
     assert type(database_error(RuntimeError("boom"))) is DatabaseError
 
@@ -544,6 +559,27 @@ async def test_a_connection_out_while_the_engine_is_disposed_goes_back_to_the_po
         assert await conn.fetchval("SELECT 1") == 1
     assert db.pool is not before
     assert (db.pool.checkedin(), before.checkedin()) == (0, 1)
+
+
+async def test_a_connection_discarded_while_its_task_is_cancelled_still_goes_back_to_the_pool(db: Database) -> None:
+    inside = asyncio.Event()
+
+    async def left_in_a_transaction() -> None:
+        async with db.connection() as conn:
+            await conn.execute("BEGIN")  # a transaction left open: the connection is closed on the way out
+            inside.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(left_in_a_transaction())
+    await inside.wait()
+    task.cancel()  # out of the block: its connection is being closed...
+    for _ in range(3):
+        await asyncio.sleep(0)
+    task.cancel()  # ...when a second cancellation arrives
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert db.pool_stats().checked_out == 0
+    assert await via_connection(db, "SELECT 1") == 1
 
 
 async def test_an_overflow_connection_given_back_to_a_full_pool_is_closed(

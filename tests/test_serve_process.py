@@ -39,7 +39,9 @@ class Serve:
         env.update(variables)
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "svc", "serve", "--port", str(self.port), *args],
+                # SIGHUP at its default action, as a terminal or supervisor leaves it: a suite run under nohup
+                # would pass its SIG_IGN on, and svc rightly leaves an ignored SIGHUP ignored.
+                ["env", "--default-signal=HUP", sys.executable, "-m", "svc", "serve", "--port", str(self.port), *args],
                 env=env,
                 cwd=tmp_path,
                 stdout=log,
