@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import importlib
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -264,9 +265,11 @@ def failure_of(migrate: Callable[[Settings, Path], None], settings: Settings, ve
 
 def warm() -> None:
     """Run in a process, leaves it having imported this module (and with it Alembic, svc and SQLAlchemy's ORM)
-    and what a migration imports when it connects."""
+    and what a migration imports when it connects, and yielding the CPU to the server it shares the machine
+    with (as a migration Job on its own node would not take the service's)."""
     for module in ("sqlalchemy.dialects.postgresql.asyncpg", "sqlalchemy.ext.asyncio"):
         importlib.import_module(module)
+    os.nice(5)
 
 
 Migration = Callable[[Settings, Path], "asyncio.Future[str]"]
