@@ -522,7 +522,7 @@ class Database:
             try:
                 yield Connection(driver, self._slow_s)
             finally:
-                await pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
+                await pool.give_back(entry)
         except _DRIVER_ERRORS as exc:
             raise database_error(exc) from exc
 
@@ -549,7 +549,7 @@ class Database:
             else:
                 await transaction.commit()
             finally:
-                await pool.give_back(entry, discard=driver.is_closed() or driver.is_in_transaction())
+                await pool.give_back(entry)
         except _DRIVER_ERRORS as exc:
             raise database_error(exc) from exc
 

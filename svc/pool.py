@@ -32,8 +32,8 @@ class _Queue(AsyncAdaptedQueue[ConnectionPoolEntry]):
 class Pool(AsyncAdaptedQueuePool):
     """`AsyncAdaptedQueuePool` plus the fast path's lane: `take()`, `give_back()`.
 
-    An entry taken by the lane is out of the queue exactly as a checked-out connection is; it must
-    come back through `give_back()` with no transaction open on it (or be invalidated first).
+    An entry taken by the lane is out of the queue exactly as a checked-out connection is, until
+    `give_back()`, which closes a connection that is not fit to be used again.
     """
 
     _queue_class = _Queue
@@ -83,10 +83,11 @@ class Pool(AsyncAdaptedQueuePool):
         return self._invalidate_time <= started and record._soft_invalidate_time <= started
 
     async def give_back(self, entry: ConnectionPoolEntry, *, discard: bool = False) -> None:
-        """Put back an entry from `take()`; with `discard` (its connection broke, or a transaction was left open
-        on it) its connection is closed first and the next checkout connects anew."""
+        """Put back an entry from `take()`. Its connection is closed first (the next checkout connects anew)
+        when it has closed, when a transaction was left open on it, or with `discard`."""
+        driver = cast(Any, entry.dbapi_connection).driver_connection
         try:
-            if discard:
+            if discard or driver.is_closed() or driver.is_in_transaction():
                 await greenlet_spawn(entry.invalidate)
         finally:  # back even when cancelled while closing (invalidated then: the next checkout connects)
             try:
