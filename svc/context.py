@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from svc.tracing import Spans
 
-__all__ = ["UNMATCHED", "TraceContext", "request_id", "trace"]
+__all__ = ["UNMATCHED", "Trace", "TraceContext", "request_id", "trace"]
 
 #: The current request's id; set by the edge, read by logs and problem bodies.
 request_id: ContextVar[str | None] = ContextVar("svc.request_id", default=None)
@@ -29,8 +29,24 @@ class TraceContext(NamedTuple):
     spans: Spans | None = None
 
 
-#: The current request's trace context: None without an incoming `traceparent` while tracing is off.
-trace: ContextVar[TraceContext | None] = ContextVar("svc.trace", default=None)
+class Trace(Protocol):
+    """A request's trace as its log lines and child spans see it: a `TraceContext` (tracing off), else its server span."""
+
+    @property
+    def trace_id(self) -> str:
+        """Lowercase hex, 32 digits."""
+
+    @property
+    def span_id(self) -> str:
+        """Lowercase hex, 16 digits: the request's server span (tracing on), else the caller's span."""
+
+    @property
+    def spans(self) -> Spans | None:
+        """What makes child spans of the request's span: None unless that span is recorded."""
+
+
+#: The current request's trace: None without an incoming `traceparent` while tracing is off.
+trace: ContextVar[Trace | None] = ContextVar("svc.trace", default=None)
 
 #: The route template of a request that matched no route: unknown paths share it (bounded cardinality).
 UNMATCHED = "<unmatched>"

@@ -28,7 +28,7 @@ import logging
 import random
 import threading
 from collections.abc import Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -45,9 +45,9 @@ from starlette.types import Scope
 from svc.context import UNMATCHED, TraceContext
 from svc.http.edge import user_agent
 from svc.settings import Settings
-from svc.tracing import ChildSpan
+from svc.tracing import ChildSpan, ServerSpan
 
-__all__ = ["MAX_QUEUE_SPANS", "MAX_STATEMENT_CHARS", "Sampling", "ServerSpan", "Tracing", "sampler", "traces_endpoint"]
+__all__ = ["MAX_QUEUE_SPANS", "MAX_STATEMENT_CHARS", "Sampling", "Tracing", "sampler", "traces_endpoint"]
 
 logger = logging.getLogger("svc.tracing")
 #: Ended spans waiting for export; when full, the oldest is dropped (and counted).
@@ -229,27 +229,41 @@ class _Child:
         self.span.end()
 
 
-class ServerSpan:
-    """A request's server span while it is answered: its OpenTelemetry context stays attached until `Tracing.finish`."""
+class _RecordedSpan:
+    """The server span of a request that is recorded: the SDK's span, attached until `finish` ends it."""
 
-    __slots__ = ("context", "error", "span", "token")
+    __slots__ = ("error", "span", "span_id", "spans", "token", "trace_id")
 
-    def __init__(self, span: otel_trace.Span, token: object, context: TraceContext) -> None:
+    def __init__(self, span: otel_trace.Span, token: Token[Context], spans: Tracing) -> None:
         self.span = span
         self.token = token
-        #: What `svc.context.trace` holds for the request (its `spans` is None unless the span is recorded).
-        self.context = context
-        #: The type of the exception an error response was rendered from, if any.
-        self.error: str | None = None
-
-    def failed(self, exc: BaseException) -> None:
-        """Note that the response is rendered from `exc` (recorded as `error.type` if the status is 5xx)."""
-        self.error = _type_name(exc)
+        ids = span.get_span_context()
+        self.trace_id = format(ids.trace_id, "032x")
+        self.span_id = format(ids.span_id, "016x")
+        self.spans = spans
+        self.error: str | None = None  # the type of the exception an error response was rendered from
 
     @property
-    def exemplar(self) -> str | None:
-        """The trace id for a metrics exemplar: only a recorded (sampled and exported) span has one."""
-        return None if self.context.spans is None else self.context.trace_id
+    def exemplar(self) -> str:
+        return self.trace_id
+
+    def failed(self, exc: BaseException) -> None:
+        self.error = _type_name(exc)
+
+    def finish(self, method: str, route: str, status: int) -> None:
+        span = self.span
+        if method not in _METHODS:
+            method = "HTTP"
+        if route == UNMATCHED:
+            span.update_name(method)
+        else:
+            span.update_name(f"{method} {route}")
+            span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            _record_error(span, self.error or str(status))
+        span.end()
+        _CURRENT.reset(self.token)
 
 
 class Tracing:
@@ -298,64 +312,41 @@ class Tracing:
         """
         # A new trace's id is never the invalid all-zero one.
         trace_id = (_getrandbits(128) or 1) if incoming is None else int(incoming.trace_id, 16)
-        if not self.sampling.records(trace_id, incoming):
-            return _unrecorded(trace_id, incoming)
+        if self.sampling.records(trace_id, incoming):
+            span = self._recorded(scope, trace_id, incoming)
+            return _RecordedSpan(span, _attach(span, incoming), self)
+        unrecorded = _UnrecordedSpan(trace_id, incoming)
+        unrecorded.token = _attach(unrecorded, incoming)
+        return unrecorded
+
+    def _recorded(self, scope: Scope, trace_id: int, incoming: TraceContext | None) -> otel_trace.Span:
+        """The SDK's server span for the request `scope`, with the HTTP attributes (trace `trace_id`, parent `incoming`)."""
         method = scope["method"]
         known = method in _METHODS
         name = method if known else "HTTP"
         if incoming is None:
-            parent = None
             chosen = _chosen_trace_id.set(trace_id)
             try:
                 span = self.tracer.start_span(name, kind=SpanKind.SERVER)
             finally:
                 _chosen_trace_id.reset(chosen)
         else:
-            parent = _remote_parent(incoming, trace_id)
-            span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
-        recording = span.is_recording()
-        if recording:
-            client = scope.get("client")
-            attributes: dict[str, Any] = {
-                "http.request.method": method if known else "_OTHER",
-                "url.path": scope["path"],
-                "url.scheme": scope["scheme"],
-                "network.protocol.version": scope["http_version"],
-            }
-            if not known:
-                attributes["http.request.method_original"] = method[:32]
-            if client:
-                attributes["client.address"] = client[0]
-            if (agent := user_agent(scope["headers"])) is not None:
-                attributes["user_agent.original"] = agent
-            span.set_attributes(attributes)
-        token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
-        ids = span.get_span_context()
-        context = TraceContext(
-            format(ids.trace_id, "032x"),
-            format(ids.span_id, "016x"),
-            ids.trace_flags.sampled,
-            None if incoming is None else incoming.state,
-            self if recording else None,
-        )
-        return ServerSpan(span, token, context)
-
-    def finish(self, server: ServerSpan, method: str, route: str, status: int) -> None:
-        """End the request's span: named `METHOD route-template`, with its status (an error from 500 on); detach it."""
-        span = server.span
-        if server.context.spans is not None:
-            if method not in _METHODS:
-                method = "HTTP"
-            if route == UNMATCHED:
-                span.update_name(method)
-            else:
-                span.update_name(f"{method} {route}")
-                span.set_attribute("http.route", route)
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                _record_error(span, server.error or str(status))
-            span.end()
-        otel_context.detach(server.token)  # type: ignore[arg-type]
+            span = self.tracer.start_span(name, context=_remote_parent(incoming, trace_id), kind=SpanKind.SERVER)
+        client = scope.get("client")
+        attributes: dict[str, Any] = {
+            "http.request.method": method if known else "_OTHER",
+            "url.path": scope["path"],
+            "url.scheme": scope["scheme"],
+            "network.protocol.version": scope["http_version"],
+        }
+        if not known:
+            attributes["http.request.method_original"] = method[:32]
+        if client:
+            attributes["client.address"] = client[0]
+        if (agent := user_agent(scope["headers"])) is not None:
+            attributes["user_agent.original"] = agent
+        span.set_attributes(attributes)
+        return span
 
     def statement(self, statement: str) -> _Child:
         text = " ".join(statement.split())
@@ -388,6 +379,30 @@ class Tracing:
             logger.warning("%d trace spans were lost in this process", self.lost)
 
 
+def _attach(span: otel_trace.Span, incoming: TraceContext | None) -> Token[Context]:
+    """Make `span` OpenTelemetry's current span: in the current context for a new trace, alone for a continued one
+    (as the SDK's `start_as_current_span` under the caller's context would); `_CURRENT.reset` the token to detach it."""
+    base = _EMPTY if incoming is not None else _CURRENT.get()
+    return _CURRENT.set(Context({**base, _SPAN_KEY: span}) if base else Context({_SPAN_KEY: span}))
+
+
+def _current_context() -> tuple[ContextVar[Context], str]:
+    """The context variable that holds OpenTelemetry's current context, and the key of the current span in it.
+
+    Each request sets them directly, where the API (`set_span_in_context`, `attach`, `detach`) takes
+    eight Python calls (bench/README.md has what that costs). Both are found through the API: the key is the one key of a context `set_span_in_context` makes, the
+    variable the one whose token `attach` returns (the contextvars runtime context's: svc allows no
+    other, see `OTEL_PYTHON_CONTEXT`).
+    """
+    [key] = otel_trace.set_span_in_context(otel_trace.INVALID_SPAN, _EMPTY)
+    token = otel_context.attach(_EMPTY)
+    otel_context.detach(token)
+    return token.var, key
+
+
+_CURRENT, _SPAN_KEY = _current_context()
+
+
 def _remote_parent(incoming: TraceContext, trace_id: int) -> Context:
     state = TraceState.from_header([incoming.state]) if incoming.state else None
     flags = TraceFlags(TraceFlags.SAMPLED if incoming.sampled else TraceFlags.DEFAULT)
@@ -395,38 +410,51 @@ def _remote_parent(incoming: TraceContext, trace_id: int) -> Context:
     return otel_trace.set_span_in_context(NonRecordingSpan(ids), _EMPTY)
 
 
-def _unrecorded(trace_id: int, incoming: TraceContext | None) -> ServerSpan:
-    """The server span of a request that is not recorded: the SDK's unsampled span for it, made without the SDK."""
-    span_id = _getrandbits(64) or 1  # never the invalid all-zero id
-    # Lowercase hex of the ids through bytes: half the cost of format(id, "032x").
-    if incoming is None:
-        trace_hex, flags, state, parent = trace_id.to_bytes(16, "big").hex(), _NEW_TRACE_FLAGS, None, None
-    else:
-        trace_hex, flags, state, parent = incoming.trace_id, _CONTINUED_FLAGS, incoming.state, _EMPTY
-    span = _UnrecordedSpan(trace_id, span_id, flags, state)
-    token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
-    return ServerSpan(span, token, TraceContext(trace_hex, span_id.to_bytes(8, "big").hex(), False, state))
-
-
 class _UnrecordedSpan(NonRecordingSpan):
-    """The span the SDK makes for a request it does not record: a local, unsampled `NonRecordingSpan`.
+    """The server span of a request that is not recorded: the local, unsampled `NonRecordingSpan` the SDK would make.
 
-    Its `SpanContext` is built the first time it is asked for (by instrumentation a service adds):
-    most requests never ask, and building it (with the caller's `tracestate` parsed) is most of what
-    such a span costs.
+    It is also what the edge and log lines ask of a request's span (`svc.tracing.ServerSpan`), so an
+    unrecorded request makes this one object. What few requests ask for is made when first asked: its
+    `SpanContext` (by instrumentation a service adds; with the caller's `tracestate` parsed, it is
+    most of what such a span would cost), its ids in hex (by log lines).
     """
 
-    def __init__(self, trace_id: int, span_id: int, flags: TraceFlags, state: str | None) -> None:
+    spans = None
+    exemplar = None
+    token: Token[Context]  # set once it is attached
+
+    def __init__(self, trace_id: int, incoming: TraceContext | None) -> None:
         # Not NonRecordingSpan.__init__: it takes the SpanContext this span builds when asked.
-        self._ids = (trace_id, span_id, flags, state)
+        self._trace_id = trace_id
+        self._span_id = _getrandbits(64) or 1  # never the invalid all-zero id
+        self._incoming = incoming
+
+    @functools.cached_property
+    def trace_id(self) -> str:
+        # Lowercase hex through bytes: half the cost of format(id, "032x").
+        incoming = self._incoming
+        return self._trace_id.to_bytes(16, "big").hex() if incoming is None else incoming.trace_id
+
+    @functools.cached_property
+    def span_id(self) -> str:
+        return self._span_id.to_bytes(8, "big").hex()
 
     @functools.cached_property
     def _span_context(self) -> SpanContext:
-        trace_id, span_id, flags, state = self._ids
-        return SpanContext(trace_id, span_id, False, flags, TraceState.from_header([state]) if state else None)
+        incoming = self._incoming
+        if incoming is None:
+            return SpanContext(self._trace_id, self._span_id, False, _NEW_TRACE_FLAGS)
+        state = TraceState.from_header([incoming.state]) if incoming.state else None
+        return SpanContext(self._trace_id, self._span_id, False, _CONTINUED_FLAGS, state)
 
     def get_span_context(self) -> SpanContext:
         return self._span_context
+
+    def failed(self, exc: BaseException) -> None:
+        pass  # nothing is recorded
+
+    def finish(self, method: str, route: str, status: int) -> None:
+        _CURRENT.reset(self.token)
 
     def __repr__(self) -> str:
         return f"NonRecordingSpan({self._span_context!r})"

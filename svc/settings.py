@@ -155,6 +155,8 @@ class Settings:
     otel_traces_sampler: str = "parentbased_always_on"
     otel_traces_sampler_arg: float | None = None
     otel_sdk_disabled: bool = False
+    # OpenTelemetry's runtime context: only the contextvars one follows asyncio's tasks (svc.otel relies on it).
+    otel_python_context: str = "contextvars_context"
 
     def __post_init__(self) -> None:
         # Options given as plain strings (dataclasses.replace in tests, code building Settings) become their enums.
@@ -512,6 +514,9 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         ),
         "otel_traces_sampler_arg": env.float("OTEL_TRACES_SAMPLER_ARG", default=None, validate=ma.validate.Range(0, 1)),
         "otel_sdk_disabled": env.bool("OTEL_SDK_DISABLED", default=d.otel_sdk_disabled),
+        "otel_python_context": env.str(
+            "OTEL_PYTHON_CONTEXT", default=d.otel_python_context, validate=ma.validate.OneOf([d.otel_python_context])
+        ),
     }
     try:
         env.seal()

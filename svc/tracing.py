@@ -14,9 +14,9 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, Protocol, TypeVar
 
-from svc.context import TraceContext, trace
+from svc.context import Trace, TraceContext, trace
 
-__all__ = ["MAX_TRACESTATE_BYTES", "ChildSpan", "Spans", "incoming", "statement_span", "traced_probe"]
+__all__ = ["MAX_TRACESTATE_BYTES", "ChildSpan", "ServerSpan", "Spans", "incoming", "statement_span", "traced_probe"]
 
 
 class _Outcome(Protocol):
@@ -61,6 +61,20 @@ class ChildSpan(Protocol):
         """Mark the span failed by `exc` (its type only: an exception's text may hold data)."""
 
     def end(self) -> None: ...
+
+
+class ServerSpan(Trace, Protocol):
+    """A request's server span (`svc.otel.Tracing.start`), attached as the current span until `finish`."""
+
+    @property
+    def exemplar(self) -> str | None:
+        """The trace id for a metrics exemplar: only a recorded (sampled and exported) span has one."""
+
+    def failed(self, exc: BaseException) -> None:
+        """Note that the response is rendered from `exc` (recorded as `error.type` if the status is 5xx)."""
+
+    def finish(self, method: str, route: str, status: int) -> None:
+        """End the span, named by `method` and `route` (the route template), with the response's `status`; detach it."""
 
 
 class Spans(Protocol):

@@ -200,3 +200,20 @@ def test_allowed_hosts_entries_are_trimmed(monkeypatch: pytest.MonkeyPatch) -> N
 def test_allowed_hosts_entries_that_could_never_match_are_rejected(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     error = config_error(monkeypatch, ALLOWED_HOSTS=f"ok.example.com,{value}")
     assert list(error.errors) == ["ALLOWED_HOSTS"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OTEL_SERVICE_NAME", ""),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4318"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ("OTEL_SDK_DISABLED", "perhaps"),
+        # A thread-local runtime context would give every request on the event loop's thread the same span.
+        ("OTEL_PYTHON_CONTEXT", "threadlocal_context"),
+    ],
+)
+def test_invalid_opentelemetry_variables_are_reported(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    error = config_error(monkeypatch, **{name: value})
+    assert list(error.errors) == [name]

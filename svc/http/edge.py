@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from svc.context import UNMATCHED, TraceContext, request_id, trace
+from svc.context import UNMATCHED, Trace, TraceContext, request_id, trace
 from svc.errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, ServiceError, render
 from svc.http.headers import security_headers
 from svc.http.hosts import AllowedHosts, allows_any_host
@@ -32,7 +32,8 @@ from svc.tracing import incoming
 if TYPE_CHECKING:
     from svc.access import AccessLog
     from svc.metrics import Metrics
-    from svc.otel import ServerSpan, Tracing
+    from svc.otel import Tracing
+    from svc.tracing import ServerSpan
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_HEADER_COUNT", "Edge", "server_timing"]
 
@@ -70,7 +71,7 @@ def user_agent(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
 
 
 #: A traced request: the token of its `svc.context.trace` value, and its server span when tracing is on.
-Traced = tuple[Token[TraceContext | None], "ServerSpan | None"]
+Traced = tuple[Token[Trace | None], "ServerSpan | None"]
 
 
 def tracestate(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
@@ -192,8 +193,10 @@ class Edge:
 
     def traced(self, scope: Scope, context: TraceContext | None) -> Traced:
         """Enter the request's trace context (its server span's, with `tracing`, else the caller's `context`)."""
-        span = None if self.tracing is None else self.tracing.start(scope, context)
-        return trace.set(context if span is None else span.context), span
+        if self.tracing is None:
+            return trace.set(context), None
+        span = self.tracing.start(scope, context)
+        return trace.set(span), span
 
     @staticmethod
     def failed(exc: Exception, scope: Scope, traced: Traced | None) -> Response:
@@ -217,8 +220,8 @@ class Edge:
             # No response at all (or none begun when cancelled): the server answers 500.
             status, seconds = status or 500, _clock() - start
             exemplar = None
-            if traced is not None and (span := traced[1]) is not None and self.tracing is not None:
-                self.tracing.finish(span, scope["method"], template, status)
+            if traced is not None and (span := traced[1]) is not None:
+                span.finish(scope["method"], template, status)
                 exemplar = span.exemplar
             if metrics is not None:
                 metrics.observe(scope["method"], template, status, seconds, exemplar)
