@@ -323,15 +323,6 @@ class Tracing:
         """The SDK's server span for the request `scope`, with the HTTP attributes (trace `trace_id`, parent `incoming`)."""
         method = scope["method"]
         known = method in _METHODS
-        name = method if known else "HTTP"
-        if incoming is None:
-            chosen = _chosen_trace_id.set(trace_id)
-            try:
-                span = self.tracer.start_span(name, kind=SpanKind.SERVER)
-            finally:
-                _chosen_trace_id.reset(chosen)
-        else:
-            span = self.tracer.start_span(name, context=_remote_parent(incoming, trace_id), kind=SpanKind.SERVER)
         client = scope.get("client")
         attributes: dict[str, Any] = {
             "http.request.method": method if known else "_OTHER",
@@ -345,8 +336,16 @@ class Tracing:
             attributes["client.address"] = client[0]
         if (agent := user_agent(scope["headers"])) is not None:
             attributes["user_agent.original"] = agent
-        span.set_attributes(attributes)
-        return span
+        # Given at the start, as the semantic conventions ask: a sampler may read them.
+        name = method if known else "HTTP"
+        if incoming is not None:
+            parent = _remote_parent(incoming, trace_id)
+            return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        chosen = _chosen_trace_id.set(trace_id)
+        try:
+            return self.tracer.start_span(name, kind=SpanKind.SERVER, attributes=attributes)
+        finally:
+            _chosen_trace_id.reset(chosen)
 
     def statement(self, statement: str) -> _Child:
         text = " ".join(statement.split())
