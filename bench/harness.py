@@ -236,12 +236,15 @@ class Server:
     cpu: int | None = None
     app_dir: Path | None = None
     args: tuple[str, ...] = ()  # more uvicorn options, after UVICORN_FLAGS (a later --http wins)
+    wrapper: tuple[str, ...] = ()  # a command the interpreter runs under (valgrind ...), after the CPU pin
     process: UvicornProcess | None = None
     log: Path | None = None  # the last run's output, kept after it stopped
 
     def start(self) -> Server:
         args = [*UVICORN_FLAGS, *self.args, *(["--app-dir", str(self.app_dir)] if self.app_dir is not None else [])]
-        self.process = UvicornProcess(self.env, self.cwd, args, self.app, name=self.name, prefix=pin_prefix(self.cpu))
+        self.process = UvicornProcess(
+            self.env, self.cwd, args, self.app, name=self.name, prefix=[*pin_prefix(self.cpu), *self.wrapper]
+        )
         self.log = self.process.log
         return self
 

@@ -118,6 +118,7 @@ SCENARIOS = [
     # Tracing: spans exported over OTLP/HTTP to a local sink that discards them (bench/otlp_sink.py).
     Scenario("svc /health, tracing 100 %", "svc-traced", "/health", "svc /health", "cost reported"),
     Scenario("svc /health/live, tracing 100 %", "svc-traced", "/health/live", "svc /health/live", "cost reported"),
+    Scenario("svc /health/live, tracing on, none sampled", "svc-traced-0", "/health/live", "svc /health/live"),
     Scenario("svc /health, tracing 1 %", "svc-traced-1", "/health", "svc /health", "≥ 0.90"),
     Scenario("svc /health/live, tracing 1 %", "svc-traced-1", "/health/live", "svc /health/live", "≥ 0.90"),
     Scenario("svc user route /hello, tracing 100 %", "svc-user-traced", "/hello", USER_ROUTE, "cost reported"),
@@ -371,11 +372,11 @@ def measure_load(run: Run, database_url: str, work: Path, script: Path) -> None:
 def _measure_load(run: Run, database_url: str, work: Path, script: Path, sink: OtlpSink) -> None:
     args = run.args
     notes_url = notes_database(database_url) if any(s.server.startswith("svc-notes") for s in run.scenarios) else None
-    configurations = _configurations(database_url, notes_url, work, run.server_cpu, sink)
-    needed = [name for name in configurations if any(s.server == name for s in run.scenarios)]
+    servers = configurations(database_url, notes_url, work, run.server_cpu, sink)
+    needed = [name for name in servers if any(s.server == name for s in run.scenarios)]
     count = args.processes
     replicas = {
-        name: [configurations[name](name if count == 1 else f"{name}-{k + 1}") for k in range(count)] for name in needed
+        name: [servers[name](name if count == 1 else f"{name}-{k + 1}") for k in range(count)] for name in needed
     }
     run.results = {s.name: [] for s in run.scenarios}
     with running([server for name in needed for server in replicas[name]]):
@@ -408,7 +409,7 @@ def _measure_load(run: Run, database_url: str, work: Path, script: Path, sink: O
     }
 
 
-def _configurations(
+def configurations(
     database_url: str, notes_url: str | None, work: Path, cpu: int | None, sink: OtlpSink
 ) -> dict[str, Callable[[str], Server]]:
     """Every server configuration by name: what makes its server (not started), named `label`."""
@@ -430,6 +431,7 @@ def _configurations(
             label, production_env(notes_url or database_url, SERVICE=NOTES_SERVICE), work, cpu
         ),
         "svc-traced": lambda label: svc_server(label, traced(database_url, sink.endpoint, "1"), work, cpu),
+        "svc-traced-0": lambda label: svc_server(label, traced(database_url, sink.endpoint, "0"), work, cpu),
         "svc-traced-1": lambda label: svc_server(label, traced(database_url, sink.endpoint, "0.01"), work, cpu),
         "svc-user-traced": lambda label: svc_server(
             label, traced(database_url, sink.endpoint, "1"), work, cpu, "user_route:app"

@@ -505,3 +505,28 @@ async def test_new_traces_are_recorded_by_their_trace_id_as_the_ratio_sampler_sa
     assert 0 < len(chosen) < 60
     # Each recorded span has the trace id its request's log line shows, and only those the rule picks are recorded.
     assert sorted(s.trace_id for s in exported) == sorted(chosen)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "traceparent"),
+    [("parentbased_always_on", None), ("parentbased_always_off", None), ("parentbased_always_on", NOT_SAMPLED)],
+)
+async def test_a_requests_span_is_current_only_while_it_is_answered(
+    traced_app: Callable[..., App], sampler: str, traceparent: str | None
+) -> None:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace as otel_trace
+
+    from svc.context import trace
+
+    outer = otel_trace.NonRecordingSpan(otel_trace.SpanContext(1, 2, False))
+    token = otel_context.attach(otel_trace.set_span_in_context(outer))
+    try:
+        async with serve(traced_app(sampler)) as client:
+            headers = {} if traceparent is None else {"traceparent": traceparent}
+            seen = (await client.get("/whose", headers=headers)).json()
+            assert otel_trace.get_current_span() is outer
+            assert trace.get() is None
+    finally:
+        otel_context.detach(token)
+    assert seen["span_id"] != f"{2:016x}"
