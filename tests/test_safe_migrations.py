@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import importlib
 import multiprocessing
@@ -224,8 +225,14 @@ async def hold_lock(url: str, sql: str) -> asyncpg.Connection:
     return conn
 
 
-async def read_while(server_url: str, busy: asyncio.Future[object], readers: int = 4) -> list[float]:
-    """Latencies (s) of `GET /hot` from `readers` concurrent clients, each reading in a loop until `busy` is done."""
+async def read_while(readers: list[httpx.AsyncClient], busy: asyncio.Future[object]) -> list[float]:
+    """Latencies (s) of `GET /hot` from each of `readers` concurrently, each reading in a loop until `busy` is done.
+
+    One client per reader, so one connection each: readers sharing one httpx pool steal each other's connections
+    (httpcore hands an idle connection to a new request while the request it was given to has yet to take it; the
+    loser retries on ConnectionNotAvailable), and on a loaded machine a read was bounced 38 times, 453 ms, before
+    it was even sent.
+    """
 
     async def reader(client: httpx.AsyncClient, latencies: list[float]) -> None:
         while not busy.done():
@@ -235,8 +242,7 @@ async def read_while(server_url: str, busy: asyncio.Future[object], readers: int
             assert response.status_code == 200, response.text
 
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=server_url, timeout=30) as client:
-        await asyncio.gather(*(reader(client, latencies) for _ in range(readers)))
+    await asyncio.gather(*(reader(client, latencies) for client in readers))
     return latencies
 
 
@@ -297,24 +303,29 @@ async def test_a_migration_behind_a_conflicting_lock_fails_within_lock_timeout_n
 ) -> None:
     server = uvicorn("--factory", app="tests.safe_migrations_app:create_reader_app", DATABASE_URL=scratch_database)
     base_url = server.base_url  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(base_url=base_url) as client:  # the engine is made in the background at start-up
-        deadline = time.monotonic() + 10
-        while (await client.get("/hot")).status_code != 200:
+    async with contextlib.AsyncExitStack() as stack:
+        # Made before anything is timed: making a client (its SSL context) holds the event loop for tens of ms,
+        # which, inside the window, kept the others' first reads from being sent for up to 175 ms on a loaded machine.
+        readers = [await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=30)) for _ in range(4)]
+        deadline = time.monotonic() + 10  # the engine is made in the background at start-up
+        while (await readers[0].get("/hot")).status_code != 200:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-    blocker = await hold_lock(scratch_database, "SELECT count(*) FROM hot")  # ACCESS SHARE, then idle
-    blocker_pid = blocker.get_server_pid()
-    # A lock timeout of 50 ms: each wait, and so each read queued behind it, stays well inside the 200 ms budget
-    # even when the machine is busy (with the default 100 ms, a loaded CI machine measured p99 up to 300 ms).
-    settings = dataclasses.replace(scratch_settings, migration_lock_retries=2, migration_lock_timeout=0.05)
-    try:
-        start = time.perf_counter()
-        migration_done = migration(settings, hot_table)
-        latencies = await read_while(base_url, migration_done)
-        elapsed = time.perf_counter() - start
-        message = await migration_done
-    finally:
-        await blocker.close()
+        # Each reader's connection is opened before the window too: what is timed is reads, not connecting.
+        await asyncio.gather(*(client.get("/hot") for client in readers))
+        blocker = await hold_lock(scratch_database, "SELECT count(*) FROM hot")  # ACCESS SHARE, then idle
+        blocker_pid = blocker.get_server_pid()
+        # A lock timeout of 50 ms: each wait, and so each read queued behind it, stays well inside the 200 ms budget
+        # even when the machine is busy (with the default 100 ms, a loaded CI machine measured p99 up to 300 ms).
+        settings = dataclasses.replace(scratch_settings, migration_lock_retries=2, migration_lock_timeout=0.05)
+        try:
+            start = time.perf_counter()
+            migration_done = migration(settings, hot_table)
+            latencies = await read_while(readers, migration_done)
+            elapsed = time.perf_counter() - start
+            message = await migration_done
+        finally:
+            await blocker.close()
     assert message.startswith(
         "migration t100_hot_column waited more than 50 ms for an ACCESS EXCLUSIVE lock on hot, "
         f"held by another session (pid {blocker_pid}, idle in transaction for "
