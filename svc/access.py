@@ -17,7 +17,7 @@ import threading
 
 import svc.logging
 from svc.clock import utc_now
-from svc.context import request_id, trace
+from svc.context import current
 from svc.logging import Line, SvcHandler
 
 __all__ = ["AccessLog", "flush_access_log"]
@@ -151,7 +151,8 @@ class AccessLog:
         if handler is None:
             self.logger.info("%s", message, extra=extra)
             return
-        fields = Line(utc_now(), self._level_name, self.logger.name, message, request_id.get(), extra)
-        if (context := trace.get()) is not None:
+        request_id, context = current.get() or (None, None)
+        fields = Line(utc_now(), self._level_name, self.logger.name, message, request_id, extra)
+        if context is not None:
             fields = fields._replace(trace_id=context.trace_id, span_id=context.span_id)
         _lines.add(handler, handler.formatter.line(fields))

@@ -8,10 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 if TYPE_CHECKING:
     from svc.tracing import Spans
 
-__all__ = ["UNMATCHED", "Trace", "TraceContext", "request_id", "trace"]
-
-#: The current request's id; set by the edge, read by logs and problem bodies.
-request_id: ContextVar[str | None] = ContextVar("svc.request_id", default=None)
+__all__ = ["UNMATCHED", "Trace", "TraceContext", "current"]
 
 
 class TraceContext(NamedTuple):
@@ -45,8 +42,10 @@ class Trace(Protocol):
         """What makes child spans of the request's span: None unless that span is recorded."""
 
 
-#: The current request's trace: None without an incoming `traceparent` while tracing is off.
-trace: ContextVar[Trace | None] = ContextVar("svc.trace", default=None)
+#: The request being answered, as its log lines, problem bodies and child spans see it: its id and its trace (None
+#: without an incoming `traceparent` while tracing is off). Set by the edge for as long as the request is answered;
+#: one variable, and a plain tuple, because both are made for every request (a named tuple costs a Python call).
+current: ContextVar[tuple[str, Trace | None] | None] = ContextVar("svc.current", default=None)
 
 #: The route template of a request that matched no route: unknown paths share it (bounded cardinality).
 UNMATCHED = "<unmatched>"

@@ -15,7 +15,7 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
-from svc.context import request_id
+from svc.context import current
 from svc.http.responses import Encoded
 
 __all__ = [
@@ -183,7 +183,7 @@ def problem_response(
         status=status,
         detail=detail,
         instance=instance,
-        requestId=request_id.get(),
+        requestId=None if (request := current.get()) is None else request[0],
         errors=msgspec.UNSET if errors is None else errors,
     )
     if extensions:  # the standard members win over extensions of the same name

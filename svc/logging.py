@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, TextIO
 
 import msgspec
 
-from svc.context import request_id, trace
+from svc.context import current
 
 __all__ = ["ConsoleFormatter", "JsonFormatter", "Line", "LineFormatter", "SvcHandler", "configure_logging"]
 
@@ -42,8 +42,7 @@ class RequestIdFilter(logging.Filter):
     handled (None outside requests, and for the trace without one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        context = trace.get()
+        record.request_id, context = current.get() or (None, None)
         record.trace_id, record.span_id = (None, None) if context is None else (context.trace_id, context.span_id)
         return True
 

@@ -234,9 +234,10 @@ class _RecordedSpan:
 
     __slots__ = ("error", "span", "span_id", "spans", "token", "trace_id")
 
-    def __init__(self, span: otel_trace.Span, token: Token[Context], spans: Tracing) -> None:
+    token: Token[Context]  # set once it is attached
+
+    def __init__(self, span: otel_trace.Span, spans: Tracing) -> None:
         self.span = span
-        self.token = token
         ids = span.get_span_context()
         self.trace_id = format(ids.trace_id, "032x")
         self.span_id = format(ids.span_id, "016x")
@@ -310,14 +311,22 @@ class Tracing:
         A request `sampling` does not record gets no SDK span: a `NonRecordingSpan` with new random ids
         (the caller's trace id when `incoming`) is attached instead, as the SDK would have made it.
         """
-        # A new trace's id is never the invalid all-zero one.
-        trace_id = (_getrandbits(128) or 1) if incoming is None else int(incoming.trace_id, 16)
+        if incoming is None:
+            trace_id = _getrandbits(128) or 1  # never the invalid all-zero id
+            base = _CURRENT.get()
+        else:
+            trace_id = int(incoming.trace_id, 16)
+            base = _EMPTY
+        server: _RecordedSpan | _UnrecordedSpan
         if self.sampling.records(trace_id, incoming):
             span = self._recorded(scope, trace_id, incoming)
-            return _RecordedSpan(span, _attach(span, incoming), self)
-        unrecorded = _UnrecordedSpan(trace_id, incoming)
-        unrecorded.token = _attach(unrecorded, incoming)
-        return unrecorded
+            server = _RecordedSpan(span, self)
+        else:
+            span = server = _UnrecordedSpan(trace_id, incoming)
+        # OpenTelemetry's current span from now on: in the current context for a new trace, alone for a continued
+        # one (as the SDK's `start_as_current_span` under the caller's context would).
+        server.token = _CURRENT.set(Context({**base, _SPAN_KEY: span}) if base else Context({_SPAN_KEY: span}))
+        return server
 
     def _recorded(self, scope: Scope, trace_id: int, incoming: TraceContext | None) -> otel_trace.Span:
         """The SDK's server span for the request `scope`, with the HTTP attributes (trace `trace_id`, parent `incoming`)."""
@@ -376,13 +385,6 @@ class Tracing:
         stopping.join(SHUTDOWN_SECONDS)
         if self.lost:
             logger.warning("%d trace spans were lost in this process", self.lost)
-
-
-def _attach(span: otel_trace.Span, incoming: TraceContext | None) -> Token[Context]:
-    """Make `span` OpenTelemetry's current span: in the current context for a new trace, alone for a continued one
-    (as the SDK's `start_as_current_span` under the caller's context would); `_CURRENT.reset` the token to detach it."""
-    base = _EMPTY if incoming is not None else _CURRENT.get()
-    return _CURRENT.set(Context({**base, _SPAN_KEY: span}) if base else Context({_SPAN_KEY: span}))
 
 
 def _current_context() -> tuple[ContextVar[Context], str]:

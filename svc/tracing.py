@@ -14,7 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, Protocol, TypeVar
 
-from svc.context import Trace, TraceContext, trace
+from svc.context import Trace, TraceContext, current
 
 __all__ = ["MAX_TRACESTATE_BYTES", "ChildSpan", "ServerSpan", "Spans", "incoming", "statement_span", "traced_probe"]
 
@@ -92,10 +92,9 @@ class Spans(Protocol):
 
 def statement_span(statement: str) -> ChildSpan | None:
     """A child span for `statement` when the current request's span is recorded, else None (end it when done)."""
-    current = trace.get()
-    if current is None or current.spans is None:
-        return None
-    return current.spans.statement(statement)
+    _, context = current.get() or (None, None)
+    spans = None if context is None else context.spans
+    return None if spans is None else spans.statement(statement)
 
 
 def traced_probe(measure: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -103,10 +102,10 @@ def traced_probe(measure: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
 
     @functools.wraps(measure)
     async def traced(*args: P.args, **kwargs: P.kwargs) -> R:
-        current = trace.get()
-        if current is None or current.spans is None:
+        _, context = current.get() or (None, None)
+        spans = None if context is None else context.spans
+        if spans is None:
             return await measure(*args, **kwargs)
-        spans = current.spans
         span = spans.probe()
         try:
             result = await measure(*args, **kwargs)

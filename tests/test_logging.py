@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from svc.access import AccessLog, flush_access_log
-from svc.context import request_id
+from svc.context import current
 from svc.logging import configure_logging
 
 
@@ -29,11 +29,11 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_json_lines_carry_timestamp_level_logger_message_request_id_and_extras(stream: io.StringIO) -> None:
-    token = request_id.set("rid-42")
+    token = current.set(("rid-42", None))
     try:
         logging.getLogger("svc.test").warning("hello %s", "world", extra={"user_count": 3})
     finally:
-        request_id.reset(token)
+        current.reset(token)
     [entry] = lines(stream)
     assert entry["level"] == "WARNING"
     assert entry["logger"] == "svc.test"
@@ -62,9 +62,9 @@ def test_console_format_is_one_readable_line() -> None:
     out = io.StringIO()
     handler = configure_logging("INFO", "console", out)
     try:
-        token = request_id.set("rid-7")
+        token = current.set(("rid-7", None))
         logging.getLogger("svc.test").info("ready")
-        request_id.reset(token)
+        current.reset(token)
     finally:
         logging.getLogger().removeHandler(handler)
     [line] = out.getvalue().splitlines()

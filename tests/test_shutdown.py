@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from svc.context import request_id
+from svc.context import current
 from svc.logging import configure_logging
 from svc.shutdown import SIGNALS, drain_on_signals
 from tests.conftest import UvicornProcess, cancelled, holding, wait_until
@@ -138,11 +138,11 @@ async def test_the_signal_log_line_carries_no_request_id_of_the_interrupted_requ
     previous = {sig: signal.signal(sig, lambda sig, frame: received.append(sig)) for sig in SIGNALS}
     try:
         with drain_on_signals(types.SimpleNamespace(phase="serving"), 0):
-            token = request_id.set("the-interrupted-request")
+            token = current.set(("the-interrupted-request", None))
             try:
                 signal.raise_signal(signal.SIGINT)
             finally:
-                request_id.reset(token)
+                current.reset(token)
             await asyncio.sleep(0.05)
     finally:
         for sig, handler in previous.items():

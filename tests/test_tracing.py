@@ -517,7 +517,7 @@ async def test_a_requests_span_is_current_only_while_it_is_answered(
     from opentelemetry import context as otel_context
     from opentelemetry import trace as otel_trace
 
-    from svc.context import trace
+    from svc.context import current
 
     outer = otel_trace.NonRecordingSpan(otel_trace.SpanContext(1, 2, False))
     token = otel_context.attach(otel_trace.set_span_in_context(outer))
@@ -526,7 +526,7 @@ async def test_a_requests_span_is_current_only_while_it_is_answered(
             headers = {} if traceparent is None else {"traceparent": traceparent}
             seen = (await client.get("/whose", headers=headers)).json()
             assert otel_trace.get_current_span() is outer
-            assert trace.get() is None
+            assert current.get() is None
     finally:
         otel_context.detach(token)
     assert seen["span_id"] != f"{2:016x}"

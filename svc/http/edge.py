@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from svc.context import UNMATCHED, Trace, TraceContext, request_id, trace
+from svc.context import UNMATCHED, Trace, TraceContext, current
 from svc.errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, ServiceError, render
 from svc.http.headers import security_headers
 from svc.http.hosts import AllowedHosts, allows_any_host
@@ -70,10 +70,6 @@ def user_agent(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-#: A traced request: the token of its `svc.context.trace` value, and its server span when tracing is on.
-Traced = tuple[Token[Trace | None], "ServerSpan | None"]
-
-
 def tracestate(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
     """The request's `tracestate`, its fields joined by commas (RFC 9110 list syntax); None without one."""
     values = [value for name, value in headers if name == b"tracestate"]
@@ -109,9 +105,9 @@ class _Passthrough:
 class Edge:
     """The ASGI entry of every HTTP and WebSocket request (lifespan messages go to the lifespan).
 
-    - Its id: a well-formed inbound `X-Request-ID`, or a new one; in `svc.context.request_id` for
+    - Its id: a well-formed inbound `X-Request-ID`, or a new one; in `svc.context.current` for
       logs and problem bodies, and echoed on the response.
-    - Its trace context, in `svc.context.trace` for logs: with `tracing`, the request's server span
+    - Its trace context, in `svc.context.current` for logs: with `tracing`, the request's server span
       (a child of a valid inbound `traceparent`, else a new trace); without, a valid inbound
       `traceparent` as it came (nothing when there is none). An invalid one is ignored, never echoed.
     - Its refusals, before any endpoint runs: a head over `MAX_HEADER_COUNT` fields or
@@ -148,8 +144,9 @@ class Edge:
             return await self.websocket(scope, receive, send)
         start = _clock()
         rid, rid_header, refusal, streamed, context = self.inspect(scope["headers"])
-        token = request_id.set(rid)
-        traced = None if context is None and self.tracing is None else self.traced(scope, context)
+        # Its trace: its server span with tracing, else the caller's context (if any) as it came.
+        span = None if self.tracing is None else self.tracing.start(scope, context)
+        token = current.set((rid, context if span is None else span))
         if self.metrics is not None:
             self.metrics.in_flight += 1
         head = scope["method"] == "HEAD"
@@ -173,7 +170,7 @@ class Edge:
             except Exception as exc:
                 if passthrough is not None and passthrough.status:
                     raise  # its response has begun: nothing else can be sent
-                response = self.failed(exc, scope, traced)
+                response = self.failed(exc, scope, span)
             # The one place svc sends a response: the edge's headers first, the body (none for HEAD).
             status = response.status_code
             body = b"" if head else response.body
@@ -189,38 +186,37 @@ class Edge:
         finally:
             if passthrough is not None:
                 status, size = passthrough.status, passthrough.size
-            self.done(scope, status, size, start, token, traced)
-
-    def traced(self, scope: Scope, context: TraceContext | None) -> Traced:
-        """Enter the request's trace context (its server span's, with `tracing`, else the caller's `context`)."""
-        if self.tracing is None:
-            return trace.set(context), None
-        span = self.tracing.start(scope, context)
-        return trace.set(span), span
+            self.done(scope, status, size, start, token, span)
 
     @staticmethod
-    def failed(exc: Exception, scope: Scope, traced: Traced | None) -> Response:
+    def failed(exc: Exception, scope: Scope, span: ServerSpan | None) -> Response:
         """The problem that answers `exc` (logged there when unexpected), noted on the request's span."""
-        if traced is not None and traced[1] is not None:
-            traced[1].failed(exc)
+        if span is not None:
+            span.failed(exc)
         return render(exc, scope)
 
     def done(  # noqa: PLR0917 - the hot path: positional arguments are the cheapest to pass
-        self, scope: Scope, status: int, size: int, start: float, token: Token[str | None], traced: Traced | None
+        self,
+        scope: Scope,
+        status: int,
+        size: int,
+        start: float,
+        token: Token[tuple[str, Trace | None] | None],
+        span: ServerSpan | None,
     ) -> None:
         """Record the request (metrics, access line, span) and leave its context; no status means none was sent."""
         try:
             metrics = self.metrics
             if metrics is not None:
                 metrics.in_flight -= 1
-            if metrics is None and self.access_log is None and traced is None:
+            if metrics is None and self.access_log is None and span is None:
                 return
             route = scope.get("route")
             template = UNMATCHED if route is None else getattr(route, "path", UNMATCHED)
             # No response at all (or none begun when cancelled): the server answers 500.
             status, seconds = status or 500, _clock() - start
             exemplar = None
-            if traced is not None and (span := traced[1]) is not None:
+            if span is not None:
                 span.finish(scope["method"], template, status)
                 exemplar = span.exemplar
             if metrics is not None:
@@ -239,9 +235,7 @@ class Edge:
                     user_agent=user_agent(scope["headers"]),
                 )
         finally:
-            request_id.reset(token)
-            if traced is not None:
-                trace.reset(traced[0])
+            current.reset(token)
 
     def inspect(  # noqa: PLR0912 - one pass reads every header the edge needs
         self, headers: Sequence[tuple[bytes, bytes]]
