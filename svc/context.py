@@ -12,11 +12,11 @@ __all__ = ["UNMATCHED", "Trace", "TraceContext", "current"]
 
 
 class TraceContext(NamedTuple):
-    """A request's W3C trace context, as its log lines show it.
+    """A caller's W3C trace context (`traceparent`, `tracestate`): with tracing off, the request's trace as its log
+    lines show it; with tracing on, the parent of its server span.
 
-    `trace_id` and `span_id` are lowercase hex (32 and 16 digits). With tracing off, `span_id` is the
-    caller's span (from `traceparent`); with tracing on, the request's own server span. `spans` makes
-    child spans of the request's span: None unless that span is recorded (tracing on, and sampled).
+    `trace_id` and `span_id` (the caller's span) are lowercase hex, 32 and 16 digits. `spans` is None:
+    child spans are made under a recorded server span only.
     """
 
     trace_id: str
