@@ -124,6 +124,9 @@ SCENARIOS = [
     Scenario("svc user route /hello, tracing 100 %", "svc-user-traced", "/hello", USER_ROUTE, "cost reported"),
     Scenario("svc user route /hello, tracing 1 %", "svc-user-traced-1", "/hello", USER_ROUTE, "≥ 0.90"),
     Scenario("examples.notes GET /notes/{id}, tracing 100 %", "svc-notes-traced", f"/notes/{NOTE_ID}", NOTES_ROUTE),
+    Scenario(
+        "examples.notes GET /notes/{id}, tracing 1 %", "svc-notes-traced-1", f"/notes/{NOTE_ID}", NOTES_ROUTE, "≥ 0.90"
+    ),
 ]
 #: Extra ratios printed under the table: (scenario, reference).
 EXTRA_RATIOS = [
@@ -441,6 +444,9 @@ def configurations(
         ),
         "svc-notes-traced": lambda label: svc_server(
             label, traced(notes_url or database_url, sink.endpoint, "1", SERVICE=NOTES_SERVICE), work, cpu
+        ),
+        "svc-notes-traced-1": lambda label: svc_server(
+            label, traced(notes_url or database_url, sink.endpoint, "0.01", SERVICE=NOTES_SERVICE), work, cpu
         ),
     }
 
