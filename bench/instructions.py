@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness import Server, cpus, http_load, migrated_database
-from load import SCENARIOS, Scenario, configurations, log, notes_database
+from load import Scenario, chosen, configurations, log, notes_database
 from otlp_sink import OtlpSink
 
 CALLGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null")
@@ -49,15 +49,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not CONNECTIONS <= args.requests <= 100_000:
         parser.error(f"--requests must be between {CONNECTIONS} and 100000")
     return args
-
-
-def chosen(only: str | None) -> list[Scenario]:
-    """bench/load.py's scenarios whose name contains `only` (all without it), with their references."""
-    if not only:
-        return list(SCENARIOS)
-    wanted = {s.name for s in SCENARIOS if only in s.name}
-    wanted |= {s.ref for s in SCENARIOS if s.name in wanted and s.ref}
-    return [s for s in SCENARIOS if s.name in wanted]
 
 
 def count(scenario: Scenario, make: Callable[[str], Server], cpu: int | None, requests: int) -> float:

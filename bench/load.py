@@ -451,6 +451,15 @@ def configurations(
     }
 
 
+def chosen(only: str | None) -> list[Scenario]:
+    """The scenarios whose name contains `only` (all without it), with their references."""
+    if not only:
+        return list(SCENARIOS)
+    wanted = {s.name for s in SCENARIOS if only in s.name}
+    wanted |= {s.ref for s in SCENARIOS if s.name in wanted and s.ref}
+    return [s for s in SCENARIOS if s.name in wanted]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
@@ -458,12 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     signal.signal(signal.SIGTERM, terminate)
 
-    scenarios = SCENARIOS
-    if args.only:
-        wanted = {s.name for s in SCENARIOS if args.only in s.name}
-        wanted |= {s.ref for s in SCENARIOS if s.name in wanted and s.ref}
-        scenarios = [s for s in SCENARIOS if s.name in wanted]
-    run = Run(args, scenarios)
+    run = Run(args, chosen(args.only))
     available = cpus()
     if len(available) >= 2 and not args.no_pin and shutil.which("taskset"):
         run.server_cpu, run.client_cpu = available[0], available[1]

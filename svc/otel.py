@@ -391,9 +391,9 @@ def _current_context() -> tuple[ContextVar[Context], str]:
     """The context variable that holds OpenTelemetry's current context, and the key of the current span in it.
 
     Each request sets them directly, where the API (`set_span_in_context`, `attach`, `detach`) takes
-    eight Python calls (bench/README.md has what that costs). Both are found through the API: the key is the one key of a context `set_span_in_context` makes, the
-    variable the one whose token `attach` returns (the contextvars runtime context's: svc allows no
-    other, see `OTEL_PYTHON_CONTEXT`).
+    eight Python calls (bench/README.md has what that costs). Both are found through the API: the key
+    is the one key of a context `set_span_in_context` makes, the variable the one whose token `attach`
+    returns (the contextvars runtime context's: svc allows no other, see `OTEL_PYTHON_CONTEXT`).
     """
     [key] = otel_trace.set_span_in_context(otel_trace.INVALID_SPAN, _EMPTY)
     token = otel_context.attach(_EMPTY)

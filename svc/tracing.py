@@ -90,10 +90,15 @@ class Spans(Protocol):
         """Note a health check's outcome (`pass`, `warn`, `fail`) on its span (made by `probe()`)."""
 
 
+def _recorded_spans() -> Spans | None:
+    """What makes child spans of the current request's span: None unless there is one and it is recorded."""
+    _, context = current.get() or (None, None)
+    return None if context is None else context.spans
+
+
 def statement_span(statement: str) -> ChildSpan | None:
     """A child span for `statement` when the current request's span is recorded, else None (end it when done)."""
-    _, context = current.get() or (None, None)
-    spans = None if context is None else context.spans
+    spans = _recorded_spans()
     return None if spans is None else spans.statement(statement)
 
 
@@ -102,8 +107,7 @@ def traced_probe(measure: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
 
     @functools.wraps(measure)
     async def traced(*args: P.args, **kwargs: P.kwargs) -> R:
-        _, context = current.get() or (None, None)
-        spans = None if context is None else context.spans
+        spans = _recorded_spans()
         if spans is None:
             return await measure(*args, **kwargs)
         span = spans.probe()
